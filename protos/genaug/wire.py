@@ -1,0 +1,284 @@
+"""The tensor wire contract: numpy arrays <-> `genaug.v1.Tensor` and ~1 MiB chunk streams.
+
+Bytes are little-endian and row-major, as KServe v2 `raw_input_contents`. Decoding uses
+`numpy.frombuffer`, so an inline tensor is viewed, not copied, and nothing is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from genaug.v1 import tensor_pb2
+
+DEFAULT_CHUNK_BYTES = 1 << 20
+# A clip of 32 frames at 512x512 in float32 is 32 MiB; leave room for the envelope.
+DEFAULT_MAX_MESSAGE_BYTES = 64 * (1 << 20) + (1 << 16)
+
+DataType = tensor_pb2.DataType
+
+_NUMPY_BY_PROTO: dict[int, np.dtype] = {
+    tensor_pb2.DATA_TYPE_BOOL: np.dtype("?"),
+    tensor_pb2.DATA_TYPE_UINT8: np.dtype("<u1"),
+    tensor_pb2.DATA_TYPE_UINT16: np.dtype("<u2"),
+    tensor_pb2.DATA_TYPE_UINT32: np.dtype("<u4"),
+    tensor_pb2.DATA_TYPE_UINT64: np.dtype("<u8"),
+    tensor_pb2.DATA_TYPE_INT8: np.dtype("<i1"),
+    tensor_pb2.DATA_TYPE_INT16: np.dtype("<i2"),
+    tensor_pb2.DATA_TYPE_INT32: np.dtype("<i4"),
+    tensor_pb2.DATA_TYPE_INT64: np.dtype("<i8"),
+    tensor_pb2.DATA_TYPE_FP16: np.dtype("<f2"),
+    tensor_pb2.DATA_TYPE_FP32: np.dtype("<f4"),
+    tensor_pb2.DATA_TYPE_FP64: np.dtype("<f8"),
+}
+_PROTO_BY_KIND = {(dt.kind, dt.itemsize): code for code, dt in _NUMPY_BY_PROTO.items()}
+
+# KServe v2 / Triton datatype names for the same dtypes (BYTES is handled separately).
+KSERVE_BY_NUMPY: dict[np.dtype, str] = {
+    np.dtype("?"): "BOOL",
+    np.dtype("<u1"): "UINT8",
+    np.dtype("<u2"): "UINT16",
+    np.dtype("<u4"): "UINT32",
+    np.dtype("<u8"): "UINT64",
+    np.dtype("<i1"): "INT8",
+    np.dtype("<i2"): "INT16",
+    np.dtype("<i4"): "INT32",
+    np.dtype("<i8"): "INT64",
+    np.dtype("<f2"): "FP16",
+    np.dtype("<f4"): "FP32",
+    np.dtype("<f8"): "FP64",
+}
+NUMPY_BY_KSERVE: dict[str, np.dtype] = {name: dt for dt, name in KSERVE_BY_NUMPY.items()}
+
+SUPPORTED_DTYPES: tuple[np.dtype, ...] = tuple(_NUMPY_BY_PROTO.values())
+
+
+class TensorFormatError(ValueError):
+    """A tensor on the wire is malformed; `field` names the offending message field."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+class TensorTooLargeError(TensorFormatError):
+    """A tensor declares more bytes than the receiver accepts."""
+
+
+def numpy_dtype(code: int, field: str = "dtype") -> np.dtype:
+    try:
+        return _NUMPY_BY_PROTO[code]
+    except KeyError:
+        name = DataType.Name(code) if code in DataType.values() else str(code)
+        raise TensorFormatError(field, f"unsupported dtype {name}") from None
+
+
+def proto_dtype(dtype: np.dtype | type, field: str = "dtype") -> int:
+    dt = np.dtype(dtype)
+    code = _PROTO_BY_KIND.get((dt.kind, dt.itemsize))
+    if code is None:
+        raise TensorFormatError(field, f"numpy dtype {dt} has no wire representation")
+    return code
+
+
+def _little_endian(array: np.ndarray) -> np.ndarray:
+    """Contiguous little-endian view of `array` (a copy only when needed)."""
+    dt = array.dtype
+    if dt.byteorder == ">" or (dt.byteorder == "=" and np.little_endian is False):
+        array = array.astype(dt.newbyteorder("<"))
+    # Not np.ascontiguousarray: it turns a 0-d array into shape (1,).
+    return array if array.flags.c_contiguous else array.copy(order="C")
+
+
+def check_shape(shape: Iterable[int], field: str) -> tuple[int, ...]:
+    dims = tuple(int(d) for d in shape)
+    if any(d < 0 for d in dims):
+        raise TensorFormatError(field, f"negative dimension in shape {list(dims)}")
+    return dims
+
+
+def expected_nbytes(dtype: np.dtype, shape: tuple[int, ...]) -> int:
+    return math.prod(shape) * dtype.itemsize
+
+
+def to_proto(array: np.ndarray, out: tensor_pb2.Tensor | None = None) -> tensor_pb2.Tensor:
+    """Fill (or create) a Tensor message with `array`'s raw bytes."""
+    array = _little_endian(np.asarray(array))
+    message = out if out is not None else tensor_pb2.Tensor()
+    message.dtype = proto_dtype(array.dtype)
+    message.shape[:] = array.shape
+    message.data = array.tobytes()
+    return message
+
+
+def from_proto(message: tensor_pb2.Tensor, field: str = "tensor") -> np.ndarray:
+    """View a Tensor message as a read-only numpy array, validating dtype, shape and size."""
+    dtype = numpy_dtype(message.dtype, f"{field}.dtype")
+    shape = check_shape(message.shape, f"{field}.shape")
+    want = expected_nbytes(dtype, shape)
+    if len(message.data) != want:
+        raise TensorFormatError(
+            f"{field}.data",
+            f"holds {len(message.data)} bytes but dtype {dtype.name} and shape {list(shape)} "
+            f"need {want}",
+        )
+    return np.frombuffer(message.data, dtype=dtype).reshape(shape)
+
+
+def is_set(message: tensor_pb2.Tensor) -> bool:
+    """Whether an optional Tensor field was filled in (an unset one has no dtype)."""
+    return message.dtype != tensor_pb2.DATA_TYPE_UNSPECIFIED
+
+
+def iter_chunks(
+    name: str, array: np.ndarray, chunk_bytes: int = DEFAULT_CHUNK_BYTES
+) -> Iterator[tensor_pb2.TensorChunk]:
+    """A header, then the raw bytes of `array` in chunks of at most `chunk_bytes`."""
+    array = _little_endian(np.asarray(array))
+    header = tensor_pb2.TensorHeader(name=name, dtype=proto_dtype(array.dtype), shape=array.shape)
+    yield tensor_pb2.TensorChunk(header=header)
+    raw = memoryview(array.reshape(-1).view(np.uint8)) if array.size else memoryview(b"")
+    for start in range(0, len(raw), chunk_bytes):
+        yield tensor_pb2.TensorChunk(data=raw[start : start + chunk_bytes].tobytes())
+
+
+def iter_tensors_as_chunks(
+    tensors: dict[str, np.ndarray], chunk_bytes: int = DEFAULT_CHUNK_BYTES
+) -> Iterator[tensor_pb2.TensorChunk]:
+    for name, array in tensors.items():
+        yield from iter_chunks(name, array, chunk_bytes)
+
+
+@dataclass
+class _Pending:
+    name: str
+    dtype: np.dtype
+    shape: tuple[int, ...]
+    buffer: bytearray
+    filled: int = 0
+
+
+class ChunkAssembler:
+    """Reassembles tensors from a TensorChunk stream, checking every declared size.
+
+    Args:
+        max_tensor_bytes: reject a header that declares more than this many bytes.
+        field: the request field the stream arrives in, used in error messages.
+    """
+
+    def __init__(self, max_tensor_bytes: int = 1 << 34, field: str = "chunks"):
+        self.max_tensor_bytes = max_tensor_bytes
+        self.field = field
+        self._pending: _Pending | None = None
+        self._index = 0
+
+    def feed(self, chunk: tensor_pb2.TensorChunk) -> tuple[str, np.ndarray] | None:
+        """Take one chunk; return (name, array) when it completes a tensor."""
+        where = f"{self.field}[{self._index}]"
+        self._index += 1
+        part = chunk.WhichOneof("part")
+        if part == "header":
+            if self._pending is not None:
+                p = self._pending
+                raise TensorFormatError(
+                    where,
+                    f"new header before tensor {p.name!r} was complete "
+                    f"({p.filled} of {len(p.buffer)} bytes)",
+                )
+            return self._open(chunk.header, where)
+        if part == "data":
+            return self._append(chunk.data, where)
+        raise TensorFormatError(where, "chunk has neither header nor data")
+
+    def _open(self, header: tensor_pb2.TensorHeader, where: str):
+        dtype = numpy_dtype(header.dtype, f"{where}.header.dtype")
+        shape = check_shape(header.shape, f"{where}.header.shape")
+        nbytes = expected_nbytes(dtype, shape)
+        if nbytes > self.max_tensor_bytes:
+            raise TensorTooLargeError(
+                f"{where}.header.shape",
+                f"tensor {header.name!r} declares {nbytes} bytes, over the limit of "
+                f"{self.max_tensor_bytes}",
+            )
+        self._pending = _Pending(header.name, dtype, shape, bytearray(nbytes))
+        return self._complete_if_full()
+
+    def _append(self, data: bytes, where: str):
+        p = self._pending
+        if p is None:
+            raise TensorFormatError(where, "data chunk before any header")
+        end = p.filled + len(data)
+        if end > len(p.buffer):
+            raise TensorFormatError(
+                where,
+                f"tensor {p.name!r} receives more bytes ({end}) than dtype {p.dtype.name} "
+                f"and shape {list(p.shape)} declare ({len(p.buffer)})",
+            )
+        p.buffer[p.filled : end] = data
+        p.filled = end
+        return self._complete_if_full()
+
+    def _complete_if_full(self):
+        p = self._pending
+        if p is None or p.filled < len(p.buffer):
+            return None
+        self._pending = None
+        return p.name, np.frombuffer(p.buffer, dtype=p.dtype).reshape(p.shape)
+
+    def close(self) -> None:
+        """Call when the stream ends: an unfinished tensor is an error."""
+        p = self._pending
+        if p is not None:
+            raise TensorFormatError(
+                self.field,
+                f"stream ended after {p.filled} of {len(p.buffer)} bytes of tensor {p.name!r}",
+            )
+
+
+def assemble(
+    chunks: Iterable[tensor_pb2.TensorChunk],
+    max_tensor_bytes: int = 1 << 34,
+    field: str = "chunks",
+) -> dict[str, np.ndarray]:
+    """Collect every tensor of a chunk stream by name."""
+    assembler = ChunkAssembler(max_tensor_bytes, field)
+    tensors: dict[str, np.ndarray] = {}
+    for chunk in chunks:
+        done = assembler.feed(chunk)
+        if done is not None:
+            name, array = done
+            if name in tensors:
+                raise TensorFormatError(field, f"tensor {name!r} sent twice")
+            tensors[name] = array
+    assembler.close()
+    return tensors
+
+
+def encode_bytes_elements(items: Iterable[bytes | str]) -> bytes:
+    """KServe v2 BYTES tensor body: each element prefixed by its 4-byte little-endian length."""
+    out = bytearray()
+    for item in items:
+        raw = item.encode("utf-8") if isinstance(item, str) else bytes(item)
+        out += struct.pack("<I", len(raw)) + raw
+    return bytes(out)
+
+
+def decode_bytes_elements(raw: bytes, count: int, field: str) -> list[bytes]:
+    """Inverse of `encode_bytes_elements`, checking lengths against the buffer."""
+    items, offset = [], 0
+    for index in range(count):
+        if offset + 4 > len(raw):
+            raise TensorFormatError(field, f"BYTES element {index} has no length prefix")
+        (length,) = struct.unpack_from("<I", raw, offset)
+        offset += 4
+        if offset + length > len(raw):
+            raise TensorFormatError(field, f"BYTES element {index} runs past the buffer")
+        items.append(bytes(raw[offset : offset + length]))
+        offset += length
+    if offset != len(raw):
+        raise TensorFormatError(field, f"{len(raw) - offset} trailing bytes after {count} elements")
+    return items
