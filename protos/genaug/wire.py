@@ -53,6 +53,7 @@ KSERVE_BY_NUMPY: dict[np.dtype, str] = {
     np.dtype("<f8"): "FP64",
 }
 NUMPY_BY_KSERVE: dict[str, np.dtype] = {name: dt for dt, name in KSERVE_BY_NUMPY.items()}
+_KSERVE_BY_KIND = {(dt.kind, dt.itemsize): name for dt, name in KSERVE_BY_NUMPY.items()}
 
 SUPPORTED_DTYPES: tuple[np.dtype, ...] = tuple(_NUMPY_BY_PROTO.values())
 
@@ -83,6 +84,17 @@ def proto_dtype(dtype: np.dtype | type, field: str = "dtype") -> int:
     if code is None:
         raise TensorFormatError(field, f"numpy dtype {dt} has no wire representation")
     return code
+
+
+def kserve_datatype(dtype: np.dtype | type) -> str:
+    """KServe v2 datatype name of a numpy dtype ("BYTES" for strings and objects)."""
+    dt = np.dtype(dtype)
+    if dt.kind in "OSU":
+        return "BYTES"
+    try:
+        return _KSERVE_BY_KIND[(dt.kind, dt.itemsize)]
+    except KeyError:
+        raise TensorFormatError("datatype", f"numpy dtype {dt} has no KServe v2 name") from None
 
 
 def _little_endian(array: np.ndarray) -> np.ndarray:
@@ -174,6 +186,7 @@ class ChunkAssembler:
         self.max_tensor_bytes = max_tensor_bytes
         self.field = field
         self._pending: _Pending | None = None
+        self._last_done: _Pending | None = None
         self._index = 0
 
     def feed(self, chunk: tensor_pb2.TensorChunk) -> tuple[str, np.ndarray] | None:
@@ -204,11 +217,19 @@ class ChunkAssembler:
                 f"tensor {header.name!r} declares {nbytes} bytes, over the limit of "
                 f"{self.max_tensor_bytes}",
             )
-        self._pending = _Pending(header.name, dtype, shape, bytearray(nbytes))
+        self._pending, self._last_done = _Pending(header.name, dtype, shape, bytearray(nbytes)), None
         return self._complete_if_full()
 
     def _append(self, data: bytes, where: str):
         p = self._pending
+        if p is None and self._last_done is not None:
+            done = self._last_done
+            raise TensorFormatError(
+                where,
+                f"tensor {done.name!r} receives more bytes ({len(done.buffer) + len(data)}) than "
+                f"dtype {done.dtype.name} and shape {list(done.shape)} declare "
+                f"({len(done.buffer)})",
+            )
         if p is None:
             raise TensorFormatError(where, "data chunk before any header")
         end = p.filled + len(data)
@@ -226,7 +247,7 @@ class ChunkAssembler:
         p = self._pending
         if p is None or p.filled < len(p.buffer):
             return None
-        self._pending = None
+        self._pending, self._last_done = None, p
         return p.name, np.frombuffer(p.buffer, dtype=p.dtype).reshape(p.shape)
 
     def close(self) -> None:

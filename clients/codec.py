@@ -1,0 +1,42 @@
+"""Client of the VAE codec: unary for small clips, chunk streams for large ones."""
+
+from __future__ import annotations
+
+import grpc
+import numpy as np
+from genaug import wire
+from genaug.v1 import vae_codec_pb2, vae_codec_pb2_grpc
+
+from clients.errors import translate_errors
+
+# Above this size the ~1 MiB chunk stream is faster than one message (docs/environment.md).
+STREAM_THRESHOLD_BYTES = 4 << 20
+
+
+class VaeCodecClient:
+    def __init__(self, channel: grpc.Channel):
+        self._stub = vae_codec_pb2_grpc.VaeCodecStub(channel)
+
+    @translate_errors
+    def encode(self, frames: np.ndarray, timeout: float | None = None) -> np.ndarray:
+        """frames float32 (T,1,H,W) in [-1,1] -> scaled latents float32 (T,4,H/8,W/8)."""
+        frames = np.asarray(frames, dtype=np.float32)
+        if frames.nbytes > STREAM_THRESHOLD_BYTES:
+            replies = self._stub.EncodeStream(wire.iter_chunks("frames", frames), timeout=timeout)
+            return wire.assemble(replies, field="response")["latents"]
+        request = vae_codec_pb2.EncodeRequest(frames=wire.to_proto(frames))
+        return wire.from_proto(self._stub.Encode(request, timeout=timeout).latents, "latents")
+
+    @translate_errors
+    def decode(self, latents: np.ndarray, timeout: float | None = None) -> np.ndarray:
+        """Scaled latents float32 (T,4,h,w) -> frames float32 (T,1,8h,8w) in [-1,1]."""
+        latents = np.asarray(latents, dtype=np.float32)
+        if latents.nbytes * 16 > STREAM_THRESHOLD_BYTES:  # the reply is 16x larger
+            replies = self._stub.DecodeStream(wire.iter_chunks("latents", latents), timeout=timeout)
+            return wire.assemble(replies, field="response")["frames"]
+        request = vae_codec_pb2.DecodeRequest(latents=wire.to_proto(latents))
+        return wire.from_proto(self._stub.Decode(request, timeout=timeout).frames, "frames")
+
+    @translate_errors
+    def info(self, timeout: float | None = None) -> vae_codec_pb2.CodecInfo:
+        return self._stub.GetCodecInfo(vae_codec_pb2.GetCodecInfoRequest(), timeout=timeout)

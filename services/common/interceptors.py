@@ -1,0 +1,199 @@
+"""Cross-cutting RPC concerns in one place: request ids, metrics, error mapping, auth.
+
+`ObservabilityInterceptor` is the outermost interceptor: it tags the request id for logging,
+counts and times every RPC, and is the ONLY place where exceptions become status codes.
+`BearerTokenInterceptor` sits inside it and rejects calls without the configured token.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+import uuid
+from collections.abc import Callable, Iterator
+
+import grpc
+from genaug.wire import TensorFormatError, TensorTooLargeError
+
+from services.common import metrics
+from services.common.errors import ResourceExhausted, ServiceError, Unauthenticated
+from services.common.logs import request_id_var
+
+logger = logging.getLogger(__name__)
+
+REQUEST_ID_HEADER = "x-request-id"
+RETRY_AFTER_HEADER = "retry-after-s"
+# Downstream failures that keep their meaning when passed on to our caller.
+_PASS_THROUGH = {
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.CANCELLED,
+    grpc.StatusCode.INVALID_ARGUMENT,
+}
+_CLIENT_ERRORS = {
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.NOT_FOUND,
+    grpc.StatusCode.UNAUTHENTICATED,
+    grpc.StatusCode.CANCELLED,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.FAILED_PRECONDITION,
+}
+
+
+def _rewrap(handler: grpc.RpcMethodHandler, wrap: Callable) -> grpc.RpcMethodHandler:
+    """Return `handler` with its behaviour function passed through `wrap(fn, streaming_out)`."""
+    for attr, streaming_out in (
+        ("unary_unary", False),
+        ("unary_stream", True),
+        ("stream_unary", False),
+        ("stream_stream", True),
+    ):
+        fn = getattr(handler, attr)
+        if fn is not None:
+            return handler._replace(**{attr: wrap(fn, streaming_out)})
+    return handler
+
+
+def _status_for(exc: BaseException, method: str) -> tuple[grpc.StatusCode, str]:
+    if isinstance(exc, ServiceError):
+        return exc.code, exc.message
+    if isinstance(exc, TensorTooLargeError):
+        return grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)
+    if isinstance(exc, TensorFormatError):
+        return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
+    if isinstance(exc, grpc.RpcError) and callable(getattr(exc, "code", None)):
+        code = exc.code()
+        if code in _PASS_THROUGH:
+            return code, f"downstream call failed: {exc.details()}"
+    logger.error("%s failed", method, exc_info=exc)
+    return grpc.StatusCode.INTERNAL, f"internal error (request id {request_id_var.get()})"
+
+
+class ObservabilityInterceptor(grpc.ServerInterceptor):
+    """Request id, Prometheus metrics and the exception -> status-code mapping."""
+
+    def __init__(self, service: str):
+        self.service = service
+
+    def intercept_service(self, continuation, handler_call_details):
+        handler = continuation(handler_call_details)
+        if handler is None:
+            return None
+        method = handler_call_details.method.rsplit("/", 1)[-1]
+        headers = dict(handler_call_details.invocation_metadata or ())
+        request_id = headers.get(REQUEST_ID_HEADER) or uuid.uuid4().hex[:16]
+
+        def wrap(fn, streaming_out: bool):
+            if streaming_out:
+
+                def stream_behaviour(request, context):
+                    call = _Call(self.service, method, request, context, request_id)
+                    try:
+                        yield from call.iterate(fn(request, context))
+                    finally:
+                        call.finish()
+
+                return stream_behaviour
+
+            def unary_behaviour(request, context):
+                call = _Call(self.service, method, request, context, request_id)
+                try:
+                    return call.run(fn, request)
+                finally:
+                    call.finish()
+
+            return unary_behaviour
+
+        return _rewrap(handler, wrap)
+
+
+class _Call:
+    """Book-keeping of one RPC: metrics, request id context, error translation."""
+
+    def __init__(self, service, method, request, context, request_id):
+        model = getattr(request, "model_name", "") if not isinstance(request, Iterator) else ""
+        self.labels = (service, method, model)
+        self.context = context
+        self.method = method
+        self.start = time.perf_counter()
+        self.token = request_id_var.set(request_id)
+        context.set_trailing_metadata(((REQUEST_ID_HEADER, request_id),))
+        metrics.REQUESTS.labels(*self.labels).inc()
+        metrics.IN_FLIGHT.labels(*self.labels).inc()
+
+    def run(self, fn, request):
+        try:
+            return fn(request, self.context)
+        except BaseException as exc:  # noqa: BLE001 - every failure is mapped here
+            self._abort(exc)
+
+    def iterate(self, responses):
+        try:
+            yield from responses
+        except GeneratorExit:
+            raise
+        except BaseException as exc:  # noqa: BLE001
+            self._abort(exc)
+
+    def _abort(self, exc: BaseException):
+        code_fn = getattr(self.context, "code", None)
+        if callable(code_fn) and code_fn() not in (None, grpc.StatusCode.OK):
+            # The handler already aborted through the context: keep its status.
+            self._count_failure(code_fn())
+            raise exc
+        code, message = _status_for(exc, self.method)
+        self._count_failure(code)
+        if code in _CLIENT_ERRORS:
+            logger.warning("%s -> %s: %s", self.method, code.name, message)
+        if isinstance(exc, ResourceExhausted) and exc.retry_after_s is not None:
+            self.context.set_trailing_metadata(
+                (
+                    (REQUEST_ID_HEADER, request_id_var.get()),
+                    (RETRY_AFTER_HEADER, f"{exc.retry_after_s:.3f}"),
+                )
+            )
+        self.context.abort(code, message)
+
+    def _count_failure(self, code: grpc.StatusCode):
+        metrics.FAILURES.labels(*self.labels, code.name).inc()
+
+    def finish(self):
+        metrics.IN_FLIGHT.labels(*self.labels).dec()
+        metrics.LATENCY.labels(*self.labels).observe(time.perf_counter() - self.start)
+        request_id_var.reset(self.token)
+
+
+class BearerTokenInterceptor(grpc.ServerInterceptor):
+    """Require `authorization: Bearer <token>`; health checks stay open for kubelet probes."""
+
+    EXEMPT_PREFIXES = ("/grpc.health.v1.Health/",)
+
+    def __init__(self, token: str):
+        self._expected = f"Bearer {token}".encode()
+
+    def intercept_service(self, continuation, handler_call_details):
+        handler = continuation(handler_call_details)
+        if handler is None or handler_call_details.method.startswith(self.EXEMPT_PREFIXES):
+            return handler
+        headers = dict(handler_call_details.invocation_metadata or ())
+        given = headers.get("authorization", "").encode()
+        if hmac.compare_digest(given, self._expected):
+            return handler
+
+        def deny(fn, streaming_out):
+            def reject(request, context):
+                raise Unauthenticated("missing or invalid bearer token in 'authorization'")
+
+            if streaming_out:
+
+                def reject_stream(request, context):
+                    reject(request, context)
+                    yield  # pragma: no cover - makes this a generator
+
+                return reject_stream
+            return reject
+
+        return _rewrap(handler, deny)

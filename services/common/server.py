@@ -1,0 +1,196 @@
+"""The server factory and lifecycle shared by every service.
+
+Start order: bind and start gRPC with health NOT_SERVING (so probes answer during a slow load),
+load and warm up every model, then report SERVING. On SIGTERM: NOT_SERVING, keep answering for
+`drain_seconds` so balancers move away, stop accepting calls, give in-flight calls up to
+`grace_seconds`, exit 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent import futures
+from dataclasses import dataclass
+
+import grpc
+from genaug.wire import DEFAULT_CHUNK_BYTES
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from tritonclient.grpc import service_pb2_grpc
+
+from services.common import kserve, metrics
+from services.common.config import ServerConfig
+from services.common.interceptors import BearerTokenInterceptor, ObservabilityInterceptor
+from services.common.model import Model
+from services.common.tls import server_credentials
+
+logger = logging.getLogger(__name__)
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+MIN_MESSAGE_BYTES = DEFAULT_CHUNK_BYTES + (64 << 10)
+
+
+@dataclass
+class TypedService:
+    """A typed genaug.v1 servicer and how to register it (`add_XServicer_to_server`)."""
+
+    name: str
+    servicer: object
+    register: Callable[[object, grpc.Server], None]
+
+
+def message_size_options(max_bytes: int) -> list[tuple[str, int]]:
+    # gRPC's default receive limit is 4 MiB, far too small for a clip: set both ends explicitly.
+    return [
+        ("grpc.max_send_message_length", max_bytes),
+        ("grpc.max_receive_message_length", max_bytes),
+    ]
+
+
+class ModelServer:
+    """One service process: its models over KServe v2, its typed API, health, metrics."""
+
+    def __init__(
+        self,
+        config: ServerConfig,
+        models: Sequence[Model] = (),
+        typed_services: Sequence[TypedService] = (),
+        on_stop: Callable[[], None] | None = None,
+    ):
+        self.config = config
+        self.models = {m.name: m for m in models}
+        self.typed_services = list(typed_services)
+        self._on_stop = on_stop
+        self._ready = False
+        self._server: grpc.Server | None = None
+        self._metrics_server = None
+        self._stopped = threading.Event()
+        self.port: int | None = None
+        self.metrics_port: int | None = None
+        self.health = health.HealthServicer(experimental_non_blocking=True)
+
+    # -- health -------------------------------------------------------------------------------
+    def _service_names(self) -> list[str]:
+        return ["", self.config.service, kserve.SERVICE_NAME] + [
+            s.name for s in self.typed_services
+        ]
+
+    def _set_health(self, status) -> None:
+        for name in self._service_names():
+            self.health.set(name, status)
+        metrics.SERVING.labels(self.config.service).set(1 if status == SERVING else 0)
+
+    def is_ready(self) -> bool:
+        return self._ready
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    def start(self, load: bool = True) -> int:
+        """Bind, start serving (NOT_SERVING), then load models and report SERVING."""
+        cfg = self.config
+        if cfg.max_message_bytes < MIN_MESSAGE_BYTES:
+            raise ValueError(
+                f"--max-message-bytes {cfg.max_message_bytes} is below {MIN_MESSAGE_BYTES}: "
+                "one tensor chunk (1 MiB) and its envelope must fit in a message"
+            )
+        interceptors = [ObservabilityInterceptor(cfg.service)]
+        if cfg.auth_token:
+            interceptors.append(BearerTokenInterceptor(cfg.auth_token))
+        server = grpc.server(
+            futures.ThreadPoolExecutor(
+                max_workers=cfg.workers, thread_name_prefix=f"{cfg.service}-rpc"
+            ),
+            interceptors=interceptors,
+            options=[
+                *message_size_options(cfg.max_message_bytes),
+                # Accept client keepalive pings on idle long-lived streams.
+                ("grpc.keepalive_permit_without_calls", 1),
+                ("grpc.http2.min_ping_interval_without_data_ms", 5000),
+            ],
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
+            kserve.InferenceServicer(f"genaug-{cfg.service}", self.models, self.is_ready), server
+        )
+        for typed in self.typed_services:
+            typed.register(typed.servicer, server)
+        reflection.enable_server_reflection(
+            [*self._service_names()[2:], health.SERVICE_NAME, reflection.SERVICE_NAME], server
+        )
+        address = f"{cfg.host}:{cfg.port}"
+        if cfg.tls_cert and cfg.tls_key:
+            port = server.add_secure_port(
+                address, server_credentials(cfg.tls_cert, cfg.tls_key, cfg.tls_client_ca)
+            )
+        else:
+            port = server.add_insecure_port(address)
+        if not port:
+            raise OSError(f"could not bind {address}")
+        self._set_health(NOT_SERVING)
+        server.start()
+        self._server, self.port = server, port
+        if cfg.metrics_port is not None:
+            self._metrics_server, self.metrics_port = metrics.start_metrics_server(
+                cfg.metrics_port, cfg.host
+            )
+        logger.info(
+            "%s listening on %s:%d (%s)",
+            cfg.service,
+            cfg.host,
+            port,
+            "TLS" if cfg.tls_cert else "plaintext",
+        )
+        if load:
+            self.load_models()
+        return port
+
+    def load_models(self) -> None:
+        for model in self.models.values():
+            began = time.perf_counter()
+            model.load()
+            model.warmup()
+            model.ready = True
+            seconds = time.perf_counter() - began
+            metrics.MODEL_LOAD_SECONDS.labels(self.config.service, model.name).set(seconds)
+            logger.info("model %s ready in %.2fs %s", model.name, seconds, model.parameters())
+        self._ready = True
+        self._set_health(SERVING)
+
+    def stop(self, grace: float | None = None, drain: float = 0.0) -> None:
+        """NOT_SERVING, wait `drain`, then stop accepting and give in-flight calls `grace`."""
+        if self._server is None or self._stopped.is_set():
+            return
+        self._ready = False
+        self._set_health(NOT_SERVING)
+        if drain > 0:
+            logger.info("draining for %.1fs before stopping", drain)
+            time.sleep(drain)
+        grace = self.config.grace_seconds if grace is None else grace
+        logger.info("stopping; in-flight calls get up to %.1fs", grace)
+        self._server.stop(grace).wait()
+        if self._metrics_server is not None:
+            self._metrics_server.shutdown()
+        if self._on_stop is not None:
+            self._on_stop()
+        self._stopped.set()
+        logger.info("%s stopped", self.config.service)
+
+    def serve_until_signal(self) -> int:
+        """Run until SIGTERM/SIGINT, then shut down gracefully; returns the exit code (0)."""
+        stop_requested = threading.Event()
+
+        def request_stop(signum, _frame):
+            logger.info("received %s", signal.Signals(signum).name)
+            stop_requested.set()
+
+        signal.signal(signal.SIGTERM, request_stop)
+        signal.signal(signal.SIGINT, request_stop)
+        if self._server is None:
+            self.start()
+        stop_requested.wait()
+        self.stop(drain=self.config.drain_seconds)
+        return 0

@@ -1,0 +1,141 @@
+"""The codec itself: a loaded VAE, micro-batched, checking the caller's deadline between batches."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from services.common.deadline import Deadline
+from services.common.errors import DeadlineExceeded, InvalidArgument
+from services.common.torch_runtime import inference_dtype, select_device
+from services.models.vae import downsample_factor, load_or_init_vae
+
+logger = logging.getLogger(__name__)
+
+
+class VaeCodec:
+    """Encode frames to scaled latents and back.
+
+    Args:
+        weights_dir: diffusers-layout VAE folder; when it holds no weights the `config_name`
+            configuration starts from seed `seed` and reports "seeded-initialisation".
+        device: "auto", "cpu", "cuda", ...
+        batch_frames: frames per forward; the deadline is checked between forwards.
+    """
+
+    def __init__(
+        self,
+        weights_dir: Path,
+        config_name: str = "small",
+        seed: int = 0,
+        device: str = "auto",
+        batch_frames: int = 8,
+    ):
+        self.weights_dir = Path(weights_dir)
+        self.config_name = config_name
+        self.seed = seed
+        self.device = select_device(device)
+        self.dtype = inference_dtype(self.device)
+        self.batch_frames = batch_frames
+        self.vae = None
+        self.provenance = ""
+        # One forward at a time: concurrent forwards on a CPU only thrash its cores.
+        self._compute = threading.Lock()
+        self._load_lock = threading.Lock()
+
+    def load(self) -> None:
+        with self._load_lock:
+            if self.vae is not None:
+                return
+            vae, self.provenance = load_or_init_vae(self.weights_dir, self.config_name, self.seed)
+            vae = vae.to(self.device).eval().requires_grad_(False)
+            self.vae = vae if self.dtype == torch.float32 else vae.to(dtype=self.dtype)
+
+    @property
+    def factor(self) -> int:
+        return downsample_factor(self.vae)
+
+    @property
+    def latent_channels(self) -> int:
+        return int(self.vae.config.latent_channels)
+
+    @property
+    def scaling_factor(self) -> float:
+        return float(self.vae.config.scaling_factor)
+
+    def info(self) -> dict[str, str]:
+        return {
+            "weights": self.provenance,
+            "config": self.config_name if self.provenance != "trained" else str(self.weights_dir),
+            "device": str(self.device),
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "downsample_factor": str(self.factor),
+            "latent_channels": str(self.latent_channels),
+        }
+
+    # -- validation -----------------------------------------------------------------------
+    def check_frames(self, frames: np.ndarray, field: str = "frames") -> None:
+        if frames.dtype != np.float32:
+            raise InvalidArgument(f"{field}.dtype", f"is {frames.dtype}, expected float32")
+        if frames.ndim != 4 or frames.shape[1] != 1:
+            raise InvalidArgument(f"{field}.shape", f"is {list(frames.shape)}, expected (T,1,H,W)")
+        t, _, h, w = frames.shape
+        if t == 0:
+            raise InvalidArgument(f"{field}.shape", "has no frames")
+        if h % self.factor or w % self.factor or h == 0 or w == 0:
+            raise InvalidArgument(
+                f"{field}.shape", f"H and W ({h}x{w}) must be positive multiples of {self.factor}"
+            )
+        if not np.isfinite(frames).all():
+            raise InvalidArgument(field, "contains NaN or infinite values")
+
+    def check_latents(self, latents: np.ndarray, field: str = "latents") -> None:
+        if latents.dtype != np.float32:
+            raise InvalidArgument(f"{field}.dtype", f"is {latents.dtype}, expected float32")
+        c = self.latent_channels
+        if latents.ndim != 4 or latents.shape[1] != c:
+            raise InvalidArgument(
+                f"{field}.shape", f"is {list(latents.shape)}, expected (T,{c},h,w)"
+            )
+        if 0 in latents.shape:
+            raise InvalidArgument(f"{field}.shape", f"is empty: {list(latents.shape)}")
+        if not np.isfinite(latents).all():
+            raise InvalidArgument(field, "contains NaN or infinite values")
+
+    # -- compute --------------------------------------------------------------------------
+    def encode(self, frames: np.ndarray, deadline: Deadline | None = None) -> np.ndarray:
+        """frames float32 (T,1,H,W) in [-1,1] -> latent means times the scaling factor."""
+        self.check_frames(frames)
+        return self._batched(frames, self._encode_batch, deadline or Deadline.none(), "encode")
+
+    def decode(self, latents: np.ndarray, deadline: Deadline | None = None) -> np.ndarray:
+        """Scaled latents float32 (T,C,h,w) -> frames float32 (T,1,h*f,w*f), clamped to [-1,1]."""
+        self.check_latents(latents)
+        return self._batched(latents, self._decode_batch, deadline or Deadline.none(), "decode")
+
+    def _encode_batch(self, x: torch.Tensor) -> torch.Tensor:
+        # The distribution mean, not a sample: the codec is deterministic.
+        return self.vae.encode(x).latent_dist.mode() * self.scaling_factor
+
+    def _decode_batch(self, z: torch.Tensor) -> torch.Tensor:
+        return self.vae.decode(z / self.scaling_factor).sample.clamp(-1, 1)
+
+    def _batched(self, array: np.ndarray, fn, deadline: Deadline, stage: str) -> np.ndarray:
+        left = deadline.remaining()
+        if not self._compute.acquire(timeout=-1 if left is None else max(left, 0)):
+            raise DeadlineExceeded(f"deadline exceeded waiting to {stage}")
+        try:
+            outputs = []
+            with torch.inference_mode():
+                for start in range(0, array.shape[0], self.batch_frames):
+                    deadline.check(stage)
+                    chunk = torch.from_numpy(np.array(array[start : start + self.batch_frames]))
+                    out = fn(chunk.to(self.device, self.dtype))
+                    outputs.append(out.float().cpu().numpy())
+            return np.concatenate(outputs, axis=0)
+        finally:
+            self._compute.release()

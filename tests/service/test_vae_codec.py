@@ -1,0 +1,96 @@
+"""The VAE codec service: typed API vs open inference protocol, metrics, stream path."""
+
+from __future__ import annotations
+
+import numpy as np
+import tritonclient.grpc as triton
+
+from clients import VaeCodecClient
+from tests.support import metric_value, scrape
+
+
+def _clip(frames=4, size=64, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.uniform(-1, 1, (frames, 1, size, size)).astype(np.float32)
+
+
+def _triton(server):
+    return triton.InferenceServerClient(f"127.0.0.1:{server.port}")
+
+
+def test_tritonclient_infer_equals_typed_rpc(channel, codec_server):
+    frames = _clip()
+    client = VaeCodecClient(channel)
+    typed_latents = client.encode(frames, timeout=30)
+    typed_frames = client.decode(typed_latents, timeout=30)
+
+    tc = _triton(codec_server)
+    assert tc.is_server_live() and tc.is_server_ready()
+    assert tc.is_model_ready("vae_encode") and tc.is_model_ready("vae_decode")
+    enc_in = triton.InferInput("frames", list(frames.shape), "FP32")
+    enc_in.set_data_from_numpy(frames)
+    latents = tc.infer("vae_encode", [enc_in]).as_numpy("latents")
+    dec_in = triton.InferInput("latents", list(latents.shape), "FP32")
+    dec_in.set_data_from_numpy(latents)
+    decoded = tc.infer("vae_decode", [dec_in]).as_numpy("frames")
+
+    assert latents.shape == (4, 4, 8, 8) and decoded.shape == frames.shape
+    np.testing.assert_array_equal(latents, typed_latents)
+    np.testing.assert_array_equal(decoded, typed_frames)
+
+
+def test_model_metadata_and_config_report_the_weights(codec_server):
+    tc = _triton(codec_server)
+    meta = tc.get_model_metadata("vae_encode", as_json=True)
+    assert meta["inputs"][0] == {"name": "frames", "datatype": "FP32", "shape": ["-1", "1", "-1", "-1"]}
+    config = tc.get_model_config("vae_decode", as_json=True)["config"]
+    assert config["parameters"]["weights"]["string_value"] == "seeded-initialisation"
+    assert tc.get_server_metadata().name == "genaug-vae_codec"
+
+
+def test_tritonclient_bad_input_is_invalid_argument(codec_server):
+    tc = _triton(codec_server)
+    bad = triton.InferInput("frames", [1, 1, 64, 64], "FP64")
+    bad.set_data_from_numpy(np.zeros((1, 1, 64, 64), np.float64))
+    try:
+        tc.infer("vae_encode", [bad])
+    except triton.InferenceServerException as error:
+        assert error.status() == "StatusCode.INVALID_ARGUMENT"
+        assert "inputs[frames].datatype" in error.message()
+    else:
+        raise AssertionError("FP64 frames were accepted")
+    try:
+        tc.infer("no_such_model", [bad])
+    except triton.InferenceServerException as error:
+        assert error.status() == "StatusCode.NOT_FOUND"
+    assert tc.is_server_ready()
+
+
+def test_metrics_count_requests_per_rpc_and_model(channel, codec_server):
+    labels = dict(service="vae_codec", method="ModelInfer", model="vae_encode")
+    before = metric_value(scrape(codec_server.metrics_port), "genaug_rpc_requests_total", **labels)
+    tc = _triton(codec_server)
+    frames = _clip(1)
+    for _ in range(3):
+        inp = triton.InferInput("frames", list(frames.shape), "FP32")
+        inp.set_data_from_numpy(frames)
+        tc.infer("vae_encode", [inp])
+    text = scrape(codec_server.metrics_port)
+    assert metric_value(text, "genaug_rpc_requests_total", **labels) == before + 3
+    assert metric_value(text, "genaug_rpc_latency_seconds_count", **labels) >= before + 3
+    assert metric_value(text, "genaug_service_serving", service="vae_codec") == 1.0
+
+
+def test_large_clip_takes_the_stream_path_and_matches_unary(channel):
+    client = VaeCodecClient(channel)
+    frames = _clip(frames=80, size=128, seed=3)  # 5 MiB: over the stream threshold
+    assert frames.nbytes > 4 << 20
+    streamed = client.encode(frames, timeout=120)
+    unary = np.concatenate([client.encode(frames[i : i + 16], timeout=60) for i in range(0, 80, 16)])
+    np.testing.assert_array_equal(streamed, unary)
+
+
+def test_codec_info(channel):
+    info = VaeCodecClient(channel).info(timeout=10)
+    assert (info.latent_channels, info.downsample_factor) == (4, 8)
+    assert info.weights == "seeded-initialisation"
