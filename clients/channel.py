@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+
 from genaug.wire import DEFAULT_MAX_MESSAGE_BYTES
 
 

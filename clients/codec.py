@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import grpc
 import numpy as np
-from genaug import wire
-from genaug.v1 import vae_codec_pb2, vae_codec_pb2_grpc
 
 from clients.errors import translate_errors
+from genaug import wire
+from genaug.v1 import vae_codec_pb2, vae_codec_pb2_grpc
 
 # Above this size the ~1 MiB chunk stream is faster than one message (docs/environment.md).
 STREAM_THRESHOLD_BYTES = 4 << 20

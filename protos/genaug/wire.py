@@ -217,7 +217,8 @@ class ChunkAssembler:
                 f"tensor {header.name!r} declares {nbytes} bytes, over the limit of "
                 f"{self.max_tensor_bytes}",
             )
-        self._pending, self._last_done = _Pending(header.name, dtype, shape, bytearray(nbytes)), None
+        self._pending = _Pending(header.name, dtype, shape, bytearray(nbytes))
+        self._last_done = None
         return self._complete_if_full()
 
     def _append(self, data: bytes, where: str):

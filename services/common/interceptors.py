@@ -14,8 +14,8 @@ import uuid
 from collections.abc import Callable, Iterator
 
 import grpc
-from genaug.wire import TensorFormatError, TensorTooLargeError
 
+from genaug.wire import TensorFormatError, TensorTooLargeError
 from services.common import metrics
 from services.common.errors import ResourceExhausted, ServiceError, Unauthenticated
 from services.common.logs import request_id_var

@@ -9,14 +9,14 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
+from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
+
 from genaug.wire import (
     decode_bytes_elements,
     encode_bytes_elements,
     expected_nbytes,
     kserve_datatype,
 )
-from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
-
 from services.common.deadline import Deadline
 from services.common.errors import InvalidArgument, NotFound, Unavailable
 from services.common.model import BYTES, Model, numpy_for_kserve

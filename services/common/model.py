@@ -10,8 +10,8 @@ import abc
 from dataclasses import dataclass
 
 import numpy as np
-from genaug.wire import NUMPY_BY_KSERVE
 
+from genaug.wire import NUMPY_BY_KSERVE
 from services.common.deadline import Deadline
 from services.common.errors import InvalidArgument
 

@@ -17,11 +17,11 @@ from concurrent import futures
 from dataclasses import dataclass
 
 import grpc
-from genaug.wire import DEFAULT_CHUNK_BYTES
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from tritonclient.grpc import service_pb2_grpc
 
+from genaug.wire import DEFAULT_CHUNK_BYTES
 from services.common import kserve, metrics
 from services.common.config import ServerConfig
 from services.common.interceptors import BearerTokenInterceptor, ObservabilityInterceptor

@@ -6,7 +6,6 @@ import argparse
 import sys
 
 from genaug.v1 import vae_codec_pb2, vae_codec_pb2_grpc
-
 from services.common.config import base_parser, config_from_args
 from services.common.logs import configure_logging
 from services.common.server import ModelServer, TypedService

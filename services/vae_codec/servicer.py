@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from genaug import wire
 from genaug.v1 import vae_codec_pb2, vae_codec_pb2_grpc
-
 from services.common.deadline import Deadline
 from services.common.errors import InvalidArgument
 from services.vae_codec.codec import VaeCodec

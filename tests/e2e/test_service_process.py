@@ -23,10 +23,26 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_sigterm_drains_completes_in_flight_work_and_exits_zero(tmp_path):
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "services.vae_codec", "--port", str(port), "--metrics-port", "-1",
-         "--model-dir", str(tmp_path), "--drain-seconds", "1.5", "--grace-seconds", "60"],
-        cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            sys.executable,
+            "-m",
+            "services.vae_codec",
+            "--port",
+            str(port),
+            "--metrics-port",
+            "-1",
+            "--model-dir",
+            str(tmp_path),
+            "--drain-seconds",
+            "1.5",
+            "--grace-seconds",
+            "60",
+        ],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     try:
         with open_channel(f"127.0.0.1:{port}", ChannelSettings(retry_attempts=1)) as channel:

@@ -132,8 +132,9 @@ def test_server_abandons_work_past_the_deadline(channel, codec_server):
         stub.Encode(request, timeout=0.3)
     # The server stops at the next micro-batch, long before 800 frames (~6 s) would be done.
     for _ in range(60):
-        after = metric_value(scrape(codec_server.metrics_port), "genaug_rpc_failures_total",
-                             **labels)
+        after = metric_value(
+            scrape(codec_server.metrics_port), "genaug_rpc_failures_total", **labels
+        )
         if after > before:
             break
         time.sleep(0.05)
@@ -185,15 +186,19 @@ def test_mutual_tls_round_trip(tmp_path):
     with running(codec_with_echo(config)) as server:
         target = f"localhost:{server.port}"
         mutual = ChannelSettings(
-            ca_cert=certs["ca_cert"], client_cert=certs["client_cert"],
-            client_key=certs["client_key"], retry_attempts=1,
+            ca_cert=certs["ca_cert"],
+            client_cert=certs["client_cert"],
+            client_key=certs["client_key"],
+            retry_attempts=1,
         )
         with open_channel(target, mutual) as ch:
             frames = np.random.default_rng(0).uniform(-1, 1, (2, 1, 64, 64)).astype(np.float32)
             latents = VaeCodecClient(ch).encode(frames, timeout=30)
             assert latents.shape == (2, 4, 8, 8) and np.isfinite(latents).all()
         # Without a client certificate the handshake is refused.
-        with open_channel(target, ChannelSettings(ca_cert=certs["ca_cert"], retry_attempts=1)) as ch:
+        with open_channel(
+            target, ChannelSettings(ca_cert=certs["ca_cert"], retry_attempts=1)
+        ) as ch:
             with pytest.raises(GenAugError) as info:
                 VaeCodecClient(ch).encode(frames, timeout=5)
             assert info.value.code == grpc.StatusCode.UNAVAILABLE

@@ -42,7 +42,11 @@ def test_tritonclient_infer_equals_typed_rpc(channel, codec_server):
 def test_model_metadata_and_config_report_the_weights(codec_server):
     tc = _triton(codec_server)
     meta = tc.get_model_metadata("vae_encode", as_json=True)
-    assert meta["inputs"][0] == {"name": "frames", "datatype": "FP32", "shape": ["-1", "1", "-1", "-1"]}
+    assert meta["inputs"][0] == {
+        "name": "frames",
+        "datatype": "FP32",
+        "shape": ["-1", "1", "-1", "-1"],
+    }
     config = tc.get_model_config("vae_decode", as_json=True)["config"]
     assert config["parameters"]["weights"]["string_value"] == "seeded-initialisation"
     assert tc.get_server_metadata().name == "genaug-vae_codec"
@@ -86,7 +90,9 @@ def test_large_clip_takes_the_stream_path_and_matches_unary(channel):
     frames = _clip(frames=80, size=128, seed=3)  # 5 MiB: over the stream threshold
     assert frames.nbytes > 4 << 20
     streamed = client.encode(frames, timeout=120)
-    unary = np.concatenate([client.encode(frames[i : i + 16], timeout=60) for i in range(0, 80, 16)])
+    unary = np.concatenate(
+        [client.encode(frames[i : i + 16], timeout=60) for i in range(0, 80, 16)]
+    )
     np.testing.assert_array_equal(streamed, unary)
 
 

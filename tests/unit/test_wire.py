@@ -42,8 +42,10 @@ def test_unknown_dtype_and_negative_shape_are_rejected():
     with pytest.raises(wire.TensorFormatError, match=r"x\.dtype: unsupported dtype"):
         wire.from_proto(tensor_pb2.Tensor(dtype=0, shape=[1], data=b"\0"), "x")
     with pytest.raises(wire.TensorFormatError, match=r"x\.shape: negative"):
-        wire.from_proto(tensor_pb2.Tensor(dtype=wire.DataType.Value("DATA_TYPE_UINT8"),
-                                          shape=[-1], data=b""), "x")
+        wire.from_proto(
+            tensor_pb2.Tensor(dtype=wire.DataType.Value("DATA_TYPE_UINT8"), shape=[-1], data=b""),
+            "x",
+        )
     with pytest.raises(wire.TensorFormatError):
         wire.to_proto(np.array(["text"]))
 

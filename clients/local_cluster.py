@@ -1,0 +1,187 @@
+"""Run services as local processes on loopback: start, wait for SERVING, stop cleanly.
+
+Used by `genaug serve`, `make demo` and the end-to-end tests. It starts `python -m
+services.<name>` processes by name and talks to them over gRPC only.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from clients.channel import ChannelSettings, open_channel
+from clients.health import check
+
+logger = logging.getLogger(__name__)
+
+# name -> (default gRPC port, default metrics port); see the README's ports table.
+DEFAULT_PORTS: dict[str, tuple[int, int]] = {
+    "condition_encoder": (50051, 9051),
+    "vae_codec": (50052, 9052),
+    "sampler": (50053, 9053),
+    "filter": (50054, 9054),
+    "motion_extractor": (50055, 9055),
+}
+
+
+def available_services() -> list[str]:
+    """The services this checkout can run, in start order."""
+    return [n for n in DEFAULT_PORTS if importlib.util.find_spec(f"services.{n}.__main__")]
+
+
+def _free_port(host: str) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class ServiceProcess:
+    name: str
+    port: int
+    metrics_port: int
+    log_path: Path
+    process: subprocess.Popen | None = None
+    extra_args: list[str] = field(default_factory=list)
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+class LocalCluster:
+    """Start services as child processes; a context manager that always stops them.
+
+    Args:
+        services: names to start (default: every available service).
+        model_dir: model repository passed to every service (default: the bundled one).
+        log_dir: where each service's log goes.
+        fixed_ports: use the default ports (else free ports are picked).
+        extra_args: per-service extra command-line flags.
+    """
+
+    def __init__(
+        self,
+        services: list[str] | None = None,
+        model_dir: Path | None = None,
+        log_dir: Path = Path("runs/logs"),
+        fixed_ports: bool = False,
+        extra_args: dict[str, list[str]] | None = None,
+        host: str = "127.0.0.1",
+    ):
+        names = services or available_services()
+        unknown = [n for n in names if n not in DEFAULT_PORTS]
+        if unknown:
+            raise ValueError(f"unknown services {unknown}; known: {sorted(DEFAULT_PORTS)}")
+        self.model_dir = model_dir
+        self.host = host
+        log_dir.mkdir(parents=True, exist_ok=True)
+        extra_args = extra_args or {}
+        self.services: dict[str, ServiceProcess] = {}
+        for name in names:
+            port, metrics_port = DEFAULT_PORTS[name]
+            if not fixed_ports:
+                port, metrics_port = _free_port(host), _free_port(host)
+            self.services[name] = ServiceProcess(
+                name,
+                port,
+                metrics_port,
+                log_dir / f"{name}.log",
+                extra_args=extra_args.get(name, []),
+            )
+
+    def targets(self) -> dict[str, str]:
+        return {name: s.target for name, s in self.services.items()}
+
+    def start(self, timeout: float = 300.0) -> None:
+        for service in self.services.values():
+            command = [
+                sys.executable,
+                "-m",
+                f"services.{service.name}",
+                "--host",
+                self.host,
+                "--port",
+                str(service.port),
+                "--metrics-port",
+                str(service.metrics_port),
+                *service.extra_args,
+            ]
+            if self.model_dir is not None:
+                command += ["--model-dir", str(self.model_dir)]
+            log = open(service.log_path, "w")  # noqa: SIM115 - owned by the child process
+            service.process = subprocess.Popen(
+                command,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                start_new_session=True,
+            )
+            log.close()
+            logger.info(
+                "started %s (pid %d) on %s", service.name, service.process.pid, service.target
+            )
+        self.wait_until_serving(timeout)
+
+    def wait_until_serving(self, timeout: float) -> None:
+        end = time.monotonic() + timeout
+        for service in self.services.values():
+            with open_channel(service.target, ChannelSettings(retry_attempts=1)) as channel:
+                while True:
+                    if service.process.poll() is not None:
+                        raise RuntimeError(
+                            f"{service.name} exited with code {service.process.returncode} "
+                            f"before it was ready; last log lines:\n{service.log_tail()}"
+                        )
+                    if check(channel, service.name, timeout=1.0) == "SERVING":
+                        logger.info("%s is SERVING on %s", service.name, service.target)
+                        break
+                    if time.monotonic() > end:
+                        raise TimeoutError(
+                            f"{service.name} not SERVING after {timeout:.0f}s; "
+                            f"last log lines:\n{service.log_tail()}"
+                        )
+                    time.sleep(0.2)
+
+    def stop(self, timeout: float = 60.0) -> dict[str, int | None]:
+        """SIGTERM every service (graceful drain), then SIGKILL whatever is left."""
+        for service in self.services.values():
+            if service.process is not None and service.process.poll() is None:
+                service.process.send_signal(signal.SIGTERM)
+        end = time.monotonic() + timeout
+        codes = {}
+        for service in self.services.values():
+            if service.process is None:
+                continue
+            try:
+                codes[service.name] = service.process.wait(max(0.1, end - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                logger.warning("%s did not stop in time; killing it", service.name)
+                service.process.kill()
+                codes[service.name] = service.process.wait()
+        return codes
+
+    def __enter__(self) -> LocalCluster:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
