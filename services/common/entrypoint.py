@@ -1,0 +1,32 @@
+"""The `python -m services.<name>` entry point shared by every service."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+
+from services.common.config import ServerConfig, base_parser, config_from_args
+from services.common.logs import configure_logging
+from services.common.server import ModelServer
+
+
+def service_main(
+    service: str,
+    default_port: int,
+    default_metrics_port: int,
+    description: str,
+    build: Callable[[ServerConfig, argparse.Namespace], ModelServer],
+    add_arguments: Callable[[argparse.ArgumentParser], None] = lambda parser: None,
+    argv: list[str] | None = None,
+) -> int:
+    """Parse the shared flags plus the service's own, build the server, serve until SIGTERM."""
+    parser = argparse.ArgumentParser(
+        prog=f"python -m services.{service}",
+        description=description,
+        parents=[base_parser(service, default_port, default_metrics_port)],
+    )
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    config = config_from_args(args)
+    configure_logging(config.log_level)
+    return build(config, args).serve_until_signal()
