@@ -11,7 +11,7 @@ import torch
 
 from services.common.deadline import Deadline
 from services.common.errors import DeadlineExceeded, InvalidArgument
-from services.common.torch_runtime import inference_dtype, select_device
+from services.models.runtime import resolve_device, resolve_dtype
 from services.models.vae import downsample_factor, load_or_init_vae
 
 logger = logging.getLogger(__name__)
@@ -38,8 +38,8 @@ class VaeCodec:
         self.weights_dir = Path(weights_dir)
         self.config_name = config_name
         self.seed = seed
-        self.device = select_device(device)
-        self.dtype = inference_dtype(self.device)
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(self.device)
         self.batch_frames = batch_frames
         self.vae = None
         self.provenance = ""

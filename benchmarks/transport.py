@@ -1,0 +1,147 @@
+"""Tensor transport on loopback: chunk stream vs one unary message vs KServe v2 (tritonclient).
+
+Each path echoes the same bytes through a real gRPC server; throughput is reported relative to
+raw TCP loopback for the same bytes, measured in the same interleaved rounds.
+
+    python -m benchmarks.transport --sizes-mib 16 64 --repeats 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import socket
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.common import bar_plot, interleaved, machine_facts, median, write_results
+from clients.channel import ChannelSettings, open_channel
+from genaug import wire
+from services.common.config import ServerConfig
+from services.common.deadline import Deadline
+from services.common.model import Model, TensorSpec
+from services.common.server import ModelServer, TypedService
+
+MIB = 1 << 20
+
+
+class _EchoModel(Model):
+    name = "echo"
+    inputs = (TensorSpec("x", "UINT8", (-1,)),)
+    outputs = (TensorSpec("x", "UINT8", (-1,)),)
+
+    def load(self) -> None:
+        pass
+
+    def predict(self, inputs, deadline: Deadline):
+        return {"x": inputs["x"]}
+
+
+def _echo_service() -> TypedService:
+    from tests.support import echo_service
+
+    return echo_service()
+
+
+def _raw_tcp_echo(payload: bytes) -> None:
+    """Send `payload` to a loopback echo thread and read it back."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+
+    def serve():
+        conn, _ = server.accept()
+        with conn:
+            left = len(payload)
+            while left:
+                data = conn.recv(1 << 20)
+                conn.sendall(data)
+                left -= len(data)
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+    with socket.create_connection(server.getsockname()) as client:
+        sender = threading.Thread(target=client.sendall, args=(payload,))
+        sender.start()
+        got = 0
+        while got < len(payload):
+            got += len(client.recv(1 << 20))
+        sender.join()
+    thread.join()
+    server.close()
+
+
+def run(sizes_mib: list[int], repeats: int, out_dir: Path) -> dict:
+    import tritonclient.grpc as triton
+
+    from tests.support import echo_stubs
+
+    config = ServerConfig(service="transport-bench", port=0, max_message_bytes=(max(sizes_mib) + 8) * MIB)
+    server = ModelServer(config, [_EchoModel()], [_echo_service()])
+    server.start()
+    results = {"machine": machine_facts(), "sizes": {}}
+    try:
+        settings = ChannelSettings(max_message_bytes=config.max_message_bytes, retry_attempts=1)
+        with open_channel(f"127.0.0.1:{server.port}", settings) as channel:
+            unary, stream = echo_stubs(channel)
+            tc = triton.InferenceServerClient(f"127.0.0.1:{server.port}")
+            for size in sizes_mib:
+                array = np.random.default_rng(0).integers(0, 255, size * MIB, dtype=np.uint8)
+                payload = array.tobytes()
+
+                def kserve():
+                    inp = triton.InferInput("x", [array.size], "UINT8")
+                    inp.set_data_from_numpy(array)
+                    tc.infer("echo", [inp])
+
+                times = interleaved(
+                    {
+                        "raw_tcp": lambda: _raw_tcp_echo(payload),
+                        "chunk_stream": lambda: wire.assemble(stream(wire.iter_chunks("x", array))),
+                        "unary_message": lambda: wire.from_proto(unary(wire.to_proto(array))),
+                        "kserve_tritonclient": kserve,
+                    },
+                    repeats,
+                )
+                base = median(times["raw_tcp"])
+                results["sizes"][f"{size}MiB"] = {
+                    name: {
+                        "median_s": median(t),
+                        "throughput_vs_raw_tcp": base / median(t),
+                    }
+                    for name, t in times.items()
+                }
+    finally:
+        server.stop(grace=0)
+    write_results(out_dir, "transport", results)
+    bar_plot(
+        out_dir,
+        "transport",
+        {
+            size: {n: v["throughput_vs_raw_tcp"] for n, v in per.items() if n != "raw_tcp"}
+            for size, per in results["sizes"].items()
+        },
+        "throughput relative to raw TCP loopback",
+    )
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes-mib", type=int, nargs="+", default=[16, 64])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    args = parser.parse_args()
+    results = run(args.sizes_mib, args.repeats, args.out)
+    print(f"machine: {results['machine']}")
+    for size, per in results["sizes"].items():
+        line = ", ".join(
+            f"{name} {v['throughput_vs_raw_tcp']:.2f}" for name, v in per.items() if name != "raw_tcp"
+        )
+        print(f"{size}: throughput vs raw TCP: {line}")
+    print(f"wrote {args.out / 'transport.json'} and {args.out / 'transport.png'}")
+
+
+if __name__ == "__main__":
+    main()
