@@ -77,7 +77,9 @@ def run(sizes_mib: list[int], repeats: int, out_dir: Path) -> dict:
 
     from tests.support import echo_stubs
 
-    config = ServerConfig(service="transport-bench", port=0, max_message_bytes=(max(sizes_mib) + 8) * MIB)
+    config = ServerConfig(
+        service="transport-bench", port=0, max_message_bytes=(max(sizes_mib) + 8) * MIB
+    )
     server = ModelServer(config, [_EchoModel()], [_echo_service()])
     server.start()
     results = {"machine": machine_facts(), "sizes": {}}
@@ -137,7 +139,9 @@ def main() -> None:
     print(f"machine: {results['machine']}")
     for size, per in results["sizes"].items():
         line = ", ".join(
-            f"{name} {v['throughput_vs_raw_tcp']:.2f}" for name, v in per.items() if name != "raw_tcp"
+            f"{name} {v['throughput_vs_raw_tcp']:.2f}"
+            for name, v in per.items()
+            if name != "raw_tcp"
         )
         print(f"{size}: throughput vs raw TCP: {line}")
     print(f"wrote {args.out / 'transport.json'} and {args.out / 'transport.png'}")
