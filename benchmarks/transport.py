@@ -72,6 +72,24 @@ def _raw_tcp_echo(payload: bytes) -> None:
     server.close()
 
 
+def _variants(array: np.ndarray, unary, stream, tc) -> dict:
+    import tritonclient.grpc as triton
+
+    payload = array.tobytes()
+
+    def kserve():
+        inp = triton.InferInput("x", [array.size], "UINT8")
+        inp.set_data_from_numpy(array)
+        tc.infer("echo", [inp])
+
+    return {
+        "raw_tcp": lambda: _raw_tcp_echo(payload),
+        "chunk_stream": lambda: wire.assemble(stream(wire.iter_chunks("x", array))),
+        "unary_message": lambda: wire.from_proto(unary(wire.to_proto(array))),
+        "kserve_tritonclient": kserve,
+    }
+
+
 def run(sizes_mib: list[int], repeats: int, out_dir: Path) -> dict:
     import tritonclient.grpc as triton
 
@@ -90,22 +108,7 @@ def run(sizes_mib: list[int], repeats: int, out_dir: Path) -> dict:
             tc = triton.InferenceServerClient(f"127.0.0.1:{server.port}")
             for size in sizes_mib:
                 array = np.random.default_rng(0).integers(0, 255, size * MIB, dtype=np.uint8)
-                payload = array.tobytes()
-
-                def kserve():
-                    inp = triton.InferInput("x", [array.size], "UINT8")
-                    inp.set_data_from_numpy(array)
-                    tc.infer("echo", [inp])
-
-                times = interleaved(
-                    {
-                        "raw_tcp": lambda: _raw_tcp_echo(payload),
-                        "chunk_stream": lambda: wire.assemble(stream(wire.iter_chunks("x", array))),
-                        "unary_message": lambda: wire.from_proto(unary(wire.to_proto(array))),
-                        "kserve_tritonclient": kserve,
-                    },
-                    repeats,
-                )
+                times = interleaved(_variants(array, unary, stream, tc), repeats)
                 base = median(times["raw_tcp"])
                 results["sizes"][f"{size}MiB"] = {
                     name: {
