@@ -17,6 +17,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("clients.serve", "start the services as local processes on loopback"),
     "demo": ("clients.demo", "run the embedded main job on the bundled models and data"),
     "prepare": ("services.data.prepare", "ingest and preprocess medical sequences"),
+    "conditions": ("clients.conditions", "precompute motion fields, trajectories and priors"),
 }
 
 
