@@ -19,7 +19,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "prepare": ("services.data.prepare", "ingest and preprocess medical sequences"),
     "conditions": ("clients.conditions", "precompute motion fields, trajectories and priors"),
     "train": ("services.models.training.cli", "train the VAE, LDM, sequence LDM or classifier"),
-    "export-onnx": ("services.models.onnx_export", "export the VAE and image-prior encoder to ONNX"),
+    "export-onnx": ("services.models.onnx_export", "export the VAE and prior encoder to ONNX"),
 }
 
 

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent import futures
 from dataclasses import dataclass
+from typing import Protocol
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -33,6 +34,14 @@ logger = logging.getLogger(__name__)
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 MIN_MESSAGE_BYTES = DEFAULT_CHUNK_BYTES + (64 << 10)
+
+
+class Component(Protocol):
+    """Something loaded and warmed up before SERVING that is not an inference model."""
+
+    def load(self) -> None: ...
+
+    def warmup(self) -> None: ...
 
 
 @dataclass
@@ -61,10 +70,12 @@ class ModelServer:
         models: Sequence[Model] = (),
         typed_services: Sequence[TypedService] = (),
         on_stop: Callable[[], None] | None = None,
+        components: Sequence[Component] = (),
     ):
         self.config = config
         self.models = {m.name: m for m in models}
         self.typed_services = list(typed_services)
+        self.components = list(components)
         self._on_stop = on_stop
         self._ready = False
         self._server: grpc.Server | None = None
@@ -149,6 +160,9 @@ class ModelServer:
         return port
 
     def load_models(self) -> None:
+        for component in self.components:
+            component.load()
+            component.warmup()
         for model in self.models.values():
             began = time.perf_counter()
             model.load()

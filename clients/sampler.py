@@ -1,0 +1,111 @@
+"""Client of the sampler: streamed generation with progress, cancellation, idempotent retries."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import grpc
+import numpy as np
+
+from clients.errors import GenAugError, translate_errors
+from genaug import wire
+from genaug.v1 import sampler_pb2 as pb
+from genaug.v1 import sampler_pb2_grpc
+
+
+@dataclass(frozen=True)
+class GeneratedClip:
+    request_id: str
+    latents: np.ndarray  # float32 (T,4,h,w), scaled
+    frames: np.ndarray | None  # float32 (T,1,H,W) in [-1,1] when decoding was asked for
+    seconds: float
+
+
+def conditions_message(
+    image_prior: np.ndarray | None = None,
+    motion_field: np.ndarray | None = None,
+    trajectories: np.ndarray | None = None,
+    trajectory_mask: np.ndarray | None = None,
+    text: str = "",
+    text_embedding: np.ndarray | None = None,
+    reference_frames: np.ndarray | None = None,
+) -> pb.Conditions:
+    message = pb.Conditions(text=text)
+    for name, value in (
+        ("image_prior", image_prior),
+        ("motion_field", motion_field),
+        ("trajectories", trajectories),
+        ("trajectory_mask", trajectory_mask),
+        ("text_embedding", text_embedding),
+        ("reference_frames", reference_frames),
+    ):
+        if value is not None:
+            wire.to_proto(np.asarray(value), getattr(message, name))
+    return message
+
+
+class SamplerClient:
+    def __init__(self, channel: grpc.Channel):
+        self._stub = sampler_pb2_grpc.SamplerStub(channel)
+
+    def stream(
+        self, request: pb.GenerateRequest, timeout: float | None = None
+    ) -> Iterator[pb.GenerateEvent]:
+        """The raw event stream (queued, progress..., result); errors raise GenAugError."""
+        try:
+            yield from self._stub.Generate(request, timeout=timeout)
+        except grpc.RpcError as error:
+            raise GenAugError.from_rpc_error(error) from None
+
+    def generate(
+        self,
+        class_id: int,
+        conditions: pb.Conditions | None = None,
+        *,
+        seed: int = 0,
+        steps: int = 0,
+        guidance_scale: float = 0.0,
+        solver: str = "",
+        num_frames: int = 0,
+        decode: bool = True,
+        batch: bool = False,
+        request_id: str | None = None,
+        preview_every: int = 0,
+        timeout: float | None = None,
+        on_event: Callable[[pb.GenerateEvent], None] | None = None,
+    ) -> GeneratedClip:
+        """Generate one clip; `request_id` makes retries idempotent (one is made up if None)."""
+        request = pb.GenerateRequest(
+            request_id=request_id or uuid.uuid4().hex,
+            class_id=class_id,
+            conditions=conditions,
+            seed=seed,
+            steps=steps,
+            guidance_scale=guidance_scale,
+            solver=solver,
+            num_frames=num_frames,
+            decode=decode,
+            priority=pb.PRIORITY_BATCH if batch else pb.PRIORITY_INTERACTIVE,
+            preview_every=preview_every,
+        )
+        for event in self.stream(request, timeout):
+            if on_event is not None:
+                on_event(event)
+            if event.WhichOneof("event") == "result":
+                result = event.result
+                frames = (
+                    wire.from_proto(result.frames, "frames") if wire.is_set(result.frames) else None
+                )
+                return GeneratedClip(
+                    event.request_id,
+                    wire.from_proto(result.latents, "latents"),
+                    frames,
+                    result.seconds,
+                )
+        raise GenAugError(grpc.StatusCode.INTERNAL, "the stream ended without a result")
+
+    @translate_errors
+    def cancel(self, request_id: str, timeout: float | None = 10.0) -> bool:
+        return self._stub.Cancel(pb.CancelRequest(request_id=request_id), timeout=timeout).cancelled

@@ -1,0 +1,1 @@
+"""Sequence-diffusion sampler: a step-level continuous-batching engine behind a streaming API."""

@@ -1,0 +1,249 @@
+"""What the sampler needs besides the engine: the model, text, conditions and decoding.
+
+Conditions arrive as tensors, or are fetched from the condition encoder and the motion extractor
+over gRPC (with the caller's remaining deadline) when the request carries only the reference
+clip. Decoding goes to the VAE codec over gRPC, or runs in-process when the codec is co-located
+(no `--codec-target`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from genaug import wire
+from services.common.deadline import Deadline
+from services.common.errors import InvalidArgument
+from services.models.ldm.config import LDMConfig
+from services.models.ldm.pipeline import SOLVERS, SamplingRequest, SequenceSampler
+from services.models.ldm.serialization import load_unet
+from services.models.ldm.unet import SequenceUNet
+from services.models.runtime import resolve_device, resolve_dtype
+from services.models.vae import load_or_init_vae
+
+logger = logging.getLogger(__name__)
+
+MAX_STEPS = 1000
+MAX_GUIDANCE = 50.0
+
+
+def _tensor(message, field: str) -> torch.Tensor | None:
+    if not wire.is_set(message):
+        return None
+    return torch.from_numpy(np.array(wire.from_proto(message, field)))
+
+
+class SamplerBackend:
+    """Loads the sequence LDM and turns typed requests into `SamplingRequest`s.
+
+    Args:
+        model_dir: model repository (`ldm/`, `vae/`, `classes.json`).
+        device: "auto", "cpu", "cuda", ...
+        encoder_target / motion_target / codec_target: service addresses; None means text is
+            encoded in-process, reference clips cannot be turned into conditions here, and
+            decoding runs in-process.
+        num_classes: classes of the seeded model used when `ldm/` holds no weights.
+    """
+
+    def __init__(
+        self,
+        model_dir: Path,
+        device: str = "auto",
+        encoder_target: str | None = None,
+        motion_target: str | None = None,
+        codec_target: str | None = None,
+        num_classes: int = 3,
+        default_steps: int = 50,
+        default_guidance: float = 7.5,
+    ):
+        self.model_dir = Path(model_dir)
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(self.device)
+        self.targets = {"encoder": encoder_target, "motion": motion_target, "codec": codec_target}
+        self.num_classes = num_classes
+        self.default_steps = default_steps
+        self.default_guidance = default_guidance
+        self.sampler: SequenceSampler | None = None
+        self.provenance = ""
+        self.classes: list[str] = []
+        self._clients: dict[str, object] = {}
+        self._text_encoder = None
+        self._vae = None
+
+    # -- loading ------------------------------------------------------------------------------
+    def load(self) -> None:
+        ldm_dir = self.model_dir / "ldm"
+        if (ldm_dir / "model.safetensors").is_file():
+            unet = load_unet(ldm_dir, self.device, self.dtype)
+            self.provenance = "trained"
+        else:
+            logger.warning("no LDM weights in %s: seeded small model (untrained)", ldm_dir)
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(0)
+                config = LDMConfig.preset("small", num_classes=self.num_classes)
+                unet = SequenceUNet(config)
+            self.provenance = "seeded-initialisation"
+        classes_file = self.model_dir / "classes.json"
+        n = unet.config.num_classes or 0
+        self.classes = (
+            json.loads(classes_file.read_text())
+            if classes_file.is_file()
+            else [str(i) for i in range(n)]
+        )
+        self._connect()
+        empty = torch.from_numpy(self.encode_text([""], Deadline.none())[0])
+        self.sampler = SequenceSampler(unet, empty, self.device, self.dtype)
+        if not self.targets["codec"]:
+            vae, _ = load_or_init_vae(self.model_dir / "vae")
+            self._vae = vae.to(self.device).eval().requires_grad_(False)
+
+    def _connect(self) -> None:
+        from clients.channel import open_channel
+        from clients.encoder import ConditionEncoderClient
+        from clients.health import wait_until_serving
+        from clients.motion import MotionExtractorClient
+
+        makers = {"encoder": ConditionEncoderClient, "motion": MotionExtractorClient}
+        for name, target in self.targets.items():
+            if not target:
+                continue
+            channel = open_channel(target)
+            wait_until_serving(channel, timeout=300)
+            if name == "codec":
+                from clients.codec import VaeCodecClient
+
+                self._clients[name] = VaeCodecClient(channel)
+            else:
+                self._clients[name] = makers[name](channel)
+
+    def warmup(self) -> None:
+        cfg = self.sampler.unet.config
+        request = SamplingRequest(
+            num_frames=2,
+            class_label=0 if cfg.num_classes else None,
+            num_inference_steps=1,
+            latent_size=(cfg.sample_size, cfg.sample_size),
+        )
+        self.sampler.generate([request])
+
+    def parameters(self) -> dict[str, str]:
+        cfg = self.sampler.unet.config
+        return {
+            "weights": self.provenance,
+            "classes": ",".join(self.classes),
+            "device": str(self.device),
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "latent_size": str(cfg.sample_size),
+            "decode": "grpc" if self.targets["codec"] else "in-process",
+        }
+
+    # -- conditions ---------------------------------------------------------------------------
+    def encode_text(self, texts: list[str], deadline: Deadline) -> np.ndarray:
+        client = self._clients.get("encoder")
+        if client is not None:
+            return client.text(texts, timeout=deadline.downstream_timeout(default=60))
+        if self._text_encoder is None:
+            from services.models.text import load_text_encoder
+
+            self._text_encoder = load_text_encoder("minilm")
+        return self._text_encoder.encode(texts)
+
+    def build(self, request, deadline: Deadline) -> SamplingRequest:
+        """Validate a GenerateRequest and gather its conditions (fetching missing ones)."""
+        cfg = self.sampler.unet.config
+        c = request.conditions
+        if cfg.num_classes and not 0 <= request.class_id < cfg.num_classes:
+            raise InvalidArgument(
+                "class_id",
+                f"{request.class_id} is not in [0, {cfg.num_classes}) ({', '.join(self.classes)})",
+            )
+        steps = request.steps or self.default_steps
+        if not 1 <= steps <= MAX_STEPS:
+            raise InvalidArgument("steps", f"{steps} is not in [1, {MAX_STEPS}]")
+        guidance = request.guidance_scale or self.default_guidance
+        if not 0 < guidance <= MAX_GUIDANCE:
+            raise InvalidArgument("guidance_scale", f"{guidance} is not in (0, {MAX_GUIDANCE}]")
+        solver = request.solver or "ddim"
+        if solver not in SOLVERS:
+            raise InvalidArgument("solver", f"{solver!r} is not one of {', '.join(SOLVERS)}")
+        prior = _tensor(c.image_prior, "conditions.image_prior")
+        motion = _tensor(c.motion_field, "conditions.motion_field")
+        traj = _tensor(c.trajectories, "conditions.trajectories")
+        mask = _tensor(c.trajectory_mask, "conditions.trajectory_mask")
+        reference = _tensor(c.reference_frames, "conditions.reference_frames")
+        if reference is not None:
+            prior, motion, traj, mask = self._fetch(reference, prior, motion, traj, mask, deadline)
+        text = _tensor(c.text_embedding, "conditions.text_embedding")
+        if text is None and c.text:
+            text = torch.from_numpy(np.array(self.encode_text([c.text], deadline)[0]))
+        num_frames = request.num_frames or (
+            motion.shape[0] + 1
+            if motion is not None
+            else reference.shape[0]
+            if reference is not None
+            else 8
+        )
+        latent_size = None
+        if motion is None:
+            side = cfg.sample_size
+            if reference is not None:
+                side = reference.shape[-1] // cfg.latent_downsample
+            latent_size = (side, side)
+        return SamplingRequest(
+            num_frames=int(num_frames),
+            class_label=int(request.class_id) if cfg.num_classes else None,
+            seed=int(request.seed % (1 << 63)),
+            num_inference_steps=int(steps),
+            guidance_scale=float(guidance),
+            solver=solver,
+            text_embedding=text,
+            image_prior=prior,
+            motion_field=motion,
+            trajectories=traj,
+            trajectory_mask=mask,
+            latent_size=latent_size,
+        )
+
+    def _fetch(self, reference, prior, motion, traj, mask, deadline):
+        frames = reference.numpy()
+        if frames.dtype != np.uint8 or frames.ndim != 3:
+            raise InvalidArgument(
+                "conditions.reference_frames",
+                f"must be UINT8 (T,H,W), got {frames.dtype} {list(frames.shape)}",
+            )
+        if prior is None:
+            encoder = self._require("encoder", "conditions.image_prior")
+            timeout = deadline.downstream_timeout(default=120)
+            prior = torch.from_numpy(np.array(encoder.image_prior(frames[:1], timeout=timeout)[0]))
+        if motion is None:
+            extractor = self._require("motion", "conditions.motion_field")
+            m = extractor.extract(frames, timeout=deadline.downstream_timeout(default=120))
+            motion = torch.from_numpy(np.array(m.motion_field))
+            traj = torch.from_numpy(np.array(m.trajectories))
+            mask = torch.from_numpy(np.array(m.trajectory_mask))
+        return prior, motion, traj, mask
+
+    def _require(self, name: str, field: str):
+        client = self._clients.get(name)
+        if client is None:
+            raise InvalidArgument(
+                field,
+                f"missing, and no {name} service is configured to compute it from "
+                "conditions.reference_frames",
+            )
+        return client
+
+    # -- decoding -----------------------------------------------------------------------------
+    def decode(self, latents: np.ndarray, deadline: Deadline) -> np.ndarray:
+        """Scaled latents (T,4,h,w) -> frames (T,1,H,W) in [-1,1]."""
+        client = self._clients.get("codec")
+        if client is not None:
+            return client.decode(latents, timeout=deadline.downstream_timeout(default=120))
+        vae = self._vae
+        with torch.inference_mode():
+            z = torch.from_numpy(latents).to(self.device, vae.dtype) / vae.config.scaling_factor
+            return vae.decode(z).sample.clamp(-1, 1).float().cpu().numpy()

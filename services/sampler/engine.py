@@ -1,0 +1,289 @@
+"""Step-level continuous batching of diffusion sampling.
+
+One scheduler thread owns the running batch. At every denoising-step boundary it retires
+finished, cancelled and expired requests, pauses batch-priority requests when interactive ones
+wait and the batch is full (their state is kept; they resume where they stopped), admits queued
+requests up to `max_batch_size`, then advances the whole batch by ONE step: the sampler runs one
+UNet forward per group of compatible requests, with each request's conditional and
+unconditional CFG rows in the same forward.
+"""
+
+from __future__ import annotations
+
+import abc
+import logging
+import threading
+import time
+import uuid
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from typing import Protocol
+
+from services.common.errors import (
+    Cancelled,
+    DeadlineExceeded,
+    InvalidArgument,
+    ResourceExhausted,
+    ServiceError,
+    Unavailable,
+)
+from services.sampler import metrics
+from services.sampler.jobs import Failed, Finished, Job, Priority, Progress, Queued
+
+logger = logging.getLogger(__name__)
+
+
+class StepSampler(Protocol):
+    """What the engine drives (services.models.ldm.pipeline.SequenceSampler fits)."""
+
+    def prepare(self, request): ...
+
+    def step(self, states): ...
+
+    def finish(self, state): ...
+
+
+class SamplerEngine(abc.ABC):
+    """The interface the servicer depends on."""
+
+    @abc.abstractmethod
+    def submit(
+        self,
+        request_id: str,
+        fingerprint: str,
+        build_request: Callable[[], object],
+        priority: Priority,
+        deadline: float | None,
+        preview_every: int = 0,
+    ) -> Job:
+        """Start (or join, for a known request id) a generation; returns its job."""
+
+    @abc.abstractmethod
+    def cancel(self, request_id: str, reason: str = "cancelled by the caller") -> bool:
+        """Cancel a queued or running job; its slot is freed at the next step."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Stop the scheduler; unfinished jobs fail with UNAVAILABLE."""
+
+
+class ContinuousBatchingEngine(SamplerEngine):
+    """The engine.
+
+    Args:
+        sampler: prepares, steps and finishes sampling states.
+        max_batch_size: requests advanced together per step.
+        max_queue: requests allowed to wait; beyond it submissions get RESOURCE_EXHAUSTED.
+        completed_cache: finished results kept for retries with the same request id.
+    """
+
+    def __init__(
+        self,
+        sampler: StepSampler,
+        max_batch_size: int = 4,
+        max_queue: int = 64,
+        completed_cache: int = 256,
+    ):
+        if max_batch_size < 1 or max_queue < 0:
+            raise ValueError("max_batch_size must be >= 1 and max_queue >= 0")
+        self.sampler = sampler
+        self.max_batch_size = max_batch_size
+        self.max_queue = max_queue
+        self._queues: dict[Priority, deque[Job]] = {p: deque() for p in Priority}
+        self._running: list[Job] = []
+        self._jobs: dict[str, Job] = {}  # in flight, by request id
+        self._done: OrderedDict[str, Job] = OrderedDict()  # finished with a clip
+        self._completed_cache = completed_cache
+        self._cv = threading.Condition()
+        self._closed = False
+        self._step_seconds: deque[float] = deque(maxlen=32)
+        self._thread = threading.Thread(target=self._loop, name="sampler-engine", daemon=True)
+        self._thread.start()
+
+    # -- submission ---------------------------------------------------------------------------
+    def submit(
+        self, request_id, fingerprint, build_request, priority, deadline, preview_every=0
+    ) -> Job:
+        request_id = request_id or uuid.uuid4().hex
+        with self._cv:
+            if self._closed:
+                raise Unavailable("the sampler is shutting down")
+            known = self._jobs.get(request_id) or self._done.get(request_id)
+            if known is not None:
+                if known.fingerprint != fingerprint:
+                    raise InvalidArgument(
+                        "request_id", f"{request_id!r} was already used for a different request"
+                    )
+                return known
+            waiting = sum(len(q) for q in self._queues.values())
+            if waiting >= self.max_queue:
+                metrics.REJECTED.inc()
+                raise ResourceExhausted(
+                    f"sampler queue is full ({waiting} waiting); retry later",
+                    retry_after_s=self._retry_hint(waiting),
+                )
+            job = Job(request_id, fingerprint, priority, deadline, preview_every)
+            self._jobs[request_id] = job
+        # Conditions are fetched and embedded outside the lock: other requests keep stepping.
+        try:
+            job.state = self.sampler.prepare(build_request())
+        except ValueError as error:
+            self._fail(job, InvalidArgument("conditions", str(error)))
+            raise InvalidArgument("conditions", str(error)) from None
+        except ServiceError as error:
+            self._fail(job, error)
+            raise
+        except Exception:
+            self._fail(job, Unavailable("could not prepare the request"))
+            raise
+        with self._cv:
+            if job.cancelled:
+                pass  # cancelled while preparing: _fail was already called by cancel()
+            else:
+                self._queues[priority].append(job)
+                job.publish(Queued(len(self._queues[priority])))
+                self._update_gauges()
+                self._cv.notify()
+            job.ready.set()
+        return job
+
+    def _retry_hint(self, waiting: int) -> float:
+        step = sum(self._step_seconds) / len(self._step_seconds) if self._step_seconds else 1.0
+        steps_per_job = 50
+        return round(max(1.0, waiting / self.max_batch_size * steps_per_job * step), 1)
+
+    def cancel(self, request_id: str, reason: str = "cancelled by the caller") -> bool:
+        with self._cv:
+            job = self._jobs.get(request_id)
+            if job is None or job.finished:
+                return False
+            job.cancelled = True
+            for q in self._queues.values():
+                if job in q:
+                    q.remove(job)
+                    self._fail(job, Cancelled(reason))
+            self._update_gauges()
+            self._cv.notify()
+        if job.state is None and not job.finished:
+            self._fail(job, Cancelled(reason))
+        return True
+
+    def close(self) -> None:
+        with self._cv:
+            self._closed = True
+            self._cv.notify_all()
+        self._thread.join(timeout=30)
+        for job in list(self._jobs.values()):
+            self._fail(job, Unavailable("the sampler shut down before this request finished"))
+
+    # -- the scheduler ------------------------------------------------------------------------
+    def _loop(self) -> None:
+        while True:
+            with self._cv:
+                self._admit()
+                while not self._running and not self._closed:
+                    self._cv.wait()
+                    self._admit()
+                if self._closed:
+                    return
+                batch = list(self._running)
+            began = time.perf_counter()
+            try:
+                self.sampler.step([job.state for job in batch])
+            except Exception:
+                logger.exception("denoising step failed; failing the batch")
+                for job in batch:
+                    self._retire(job, Failed(Unavailable("the denoising step failed")))
+                continue
+            seconds = time.perf_counter() - began
+            self._step_seconds.append(seconds)
+            metrics.STEP_SECONDS.observe(seconds)
+            metrics.STEP_BATCH.observe(len(batch))
+            for job in batch:
+                self._after_step(job, seconds)
+
+    def _after_step(self, job: Job, seconds: float) -> None:
+        state = job.state
+        job.record_step(seconds)
+        if state.done:
+            latents = self.sampler.finish(state).detach().float().cpu()
+            self._retire(job, Finished(latents, time.monotonic() - job.submitted))
+            return
+        preview = job.preview_every and state.step_index % job.preview_every == 0
+        job.publish(
+            Progress(
+                state.step_index,
+                state.total_steps,
+                job.eta(state.total_steps - state.step_index),
+                state.latents[0].detach().float().cpu() if preview else None,
+            )
+        )
+
+    def _admit(self) -> None:
+        """At a step boundary: drop ended jobs, preempt for interactive work, fill the batch."""
+        now = time.monotonic()
+        for job in list(self._running):
+            if job.cancelled:
+                self._retire(job, Failed(Cancelled("cancelled by the caller")), locked=True)
+            elif job.expired(now):
+                self._retire(
+                    job, Failed(DeadlineExceeded("deadline exceeded while generating")), locked=True
+                )
+        interactive = self._queues[Priority.INTERACTIVE]
+        batch = self._queues[Priority.BATCH]
+        while interactive and len(self._running) >= self.max_batch_size:
+            paused = [j for j in self._running if j.priority == Priority.BATCH]
+            if not paused:
+                break
+            # Pause the batch job that started last; it resumes first, from its current step.
+            victim = paused[-1]
+            self._running.remove(victim)
+            batch.appendleft(victim)
+            metrics.PREEMPTIONS.inc()
+        while len(self._running) < self.max_batch_size and (interactive or batch):
+            job = (interactive or batch).popleft()
+            if job.expired(now):
+                self._retire(
+                    job, Failed(DeadlineExceeded("deadline exceeded in the queue")), locked=True
+                )
+                continue
+            self._running.append(job)
+        self._update_gauges()
+
+    def _retire(self, job: Job, outcome: Finished | Failed, locked: bool = False) -> None:
+        if not locked:
+            with self._cv:
+                self._retire(job, outcome, locked=True)
+            return
+        if job in self._running:
+            self._running.remove(job)
+        self._jobs.pop(job.request_id, None)
+        job.publish(outcome)
+        name = job.priority.name.lower()
+        if isinstance(outcome, Finished):
+            metrics.CLIPS.labels(name).inc()
+            metrics.REQUEST_SECONDS.labels(name).observe(outcome.seconds)
+            self._done[job.request_id] = job
+            while len(self._done) > self._completed_cache:
+                self._done.popitem(last=False)
+        else:
+            metrics.ENDED.labels(type(outcome.error).__name__).inc()
+        self._update_gauges()
+
+    def _fail(self, job: Job, error: ServiceError) -> None:
+        with self._cv:
+            self._retire(job, Failed(error), locked=True)
+        job.ready.set()
+
+    def _update_gauges(self) -> None:
+        for priority, q in self._queues.items():
+            metrics.QUEUE_DEPTH.labels(priority.name.lower()).set(len(q))
+        metrics.RUNNING.set(len(self._running))
+
+    # -- introspection (tests, health) --------------------------------------------------------
+    def snapshot(self) -> dict[str, int]:
+        with self._cv:
+            return {
+                "running": len(self._running),
+                **{f"queued_{p.name.lower()}": len(q) for p, q in self._queues.items()},
+            }

@@ -1,0 +1,109 @@
+"""Typed genaug.v1.Sampler API: Generate streams queue/progress events, then the result."""
+
+from __future__ import annotations
+
+import hashlib
+import queue
+import time
+
+import numpy as np
+
+from genaug import wire
+from genaug.v1 import sampler_pb2 as pb
+from genaug.v1 import sampler_pb2_grpc
+from services.common.deadline import Deadline
+from services.common.errors import Unavailable
+from services.sampler.backend import SamplerBackend
+from services.sampler.engine import SamplerEngine
+from services.sampler.jobs import Failed, Finished, Job, Priority, Progress, Queued
+
+POLL_SECONDS = 0.25
+
+
+def fingerprint(request: pb.GenerateRequest) -> str:
+    """Identity of a request for idempotency: everything except how it is delivered."""
+    copy = pb.GenerateRequest()
+    copy.CopyFrom(request)
+    copy.ClearField("priority")
+    copy.ClearField("preview_every")
+    return hashlib.sha256(copy.SerializeToString(deterministic=True)).hexdigest()
+
+
+def preview(latents) -> np.ndarray:
+    """A cheap low-resolution look at latents (C,F,h,w): channel mean as grey uint8 (F,h,w)."""
+    grey = latents.mean(dim=0).numpy()
+    low, high = float(grey.min()), float(grey.max())
+    return ((grey - low) / max(high - low, 1e-6) * 255).astype(np.uint8)
+
+
+class SamplerServicer(sampler_pb2_grpc.SamplerServicer):
+    def __init__(self, engine: SamplerEngine, backend: SamplerBackend):
+        self.engine = engine
+        self.backend = backend
+
+    def Generate(self, request, context):
+        if self.engine is None:
+            raise Unavailable("the sampler is still loading")
+        deadline = Deadline.from_context(context)
+        remaining = deadline.remaining()
+        priority = Priority.BATCH if request.priority == pb.PRIORITY_BATCH else Priority.INTERACTIVE
+        job = self.engine.submit(
+            request.request_id,
+            fingerprint(request),
+            lambda: self.backend.build(request, deadline),
+            priority,
+            None if remaining is None else time.monotonic() + remaining,
+            max(0, request.preview_every),
+        )
+        events = job.subscribe()
+        try:
+            while True:
+                try:
+                    event = events.get(timeout=POLL_SECONDS)
+                except queue.Empty:
+                    if not context.is_active():
+                        return
+                    continue
+                if isinstance(event, Failed):
+                    raise event.error
+                if isinstance(event, Finished):
+                    yield pb.GenerateEvent(
+                        request_id=job.request_id,
+                        result=self._result(job, event, request.decode, deadline),
+                    )
+                    return
+                yield self._event(job.request_id, event)
+        finally:
+            if job.unsubscribe(events) == 0 and not job.finished:
+                self.engine.cancel(job.request_id, "every caller of this request went away")
+
+    @staticmethod
+    def _event(request_id: str, event: Progress | Queued) -> pb.GenerateEvent:
+        if isinstance(event, Queued):
+            return pb.GenerateEvent(
+                request_id=request_id, queued=pb.Queued(position=event.position)
+            )
+        progress = pb.Progress(step=event.step, total=event.total, eta_seconds=event.eta_seconds)
+        if event.latents is not None:
+            wire.to_proto(preview(event.latents), progress.preview)
+        return pb.GenerateEvent(request_id=request_id, progress=progress)
+
+    def _result(self, job: Job, event: Finished, decode: bool, deadline: Deadline):
+        """Built once per job and decode flag, so a retry does not decode again."""
+        key = ("result", decode)
+        with job._lock:
+            cached = job.memo.get(key)
+        if cached is not None:
+            return cached
+        latents = event.latents.transpose(0, 1).contiguous().numpy()  # (T, C, h, w)
+        result = pb.GenerateResult(latents=wire.to_proto(latents), seconds=event.seconds)
+        if decode:
+            wire.to_proto(self.backend.decode(latents, deadline), result.frames)
+        with job._lock:
+            job.memo.setdefault(key, result)
+            return job.memo[key]
+
+    def Cancel(self, request, context):
+        if self.engine is None:
+            raise Unavailable("the sampler is still loading")
+        return pb.CancelResponse(cancelled=self.engine.cancel(request.request_id))

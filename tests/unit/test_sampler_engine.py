@@ -1,0 +1,186 @@
+"""The continuous-batching engine on a real tiny sequence LDM (no gRPC)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+import torch
+from prometheus_client import REGISTRY
+
+from services.common.errors import Cancelled, DeadlineExceeded, InvalidArgument, ResourceExhausted
+from services.sampler.engine import ContinuousBatchingEngine
+from services.sampler.jobs import Failed, Finished, Priority, Progress
+from tests.unit.test_ldm_pipeline import request, sampler
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+class CountingSampler:
+    """The real sampler, counting prepares and slowing steps down to make timing visible."""
+
+    def __init__(self, step_delay: float = 0.0):
+        self.inner = sampler()
+        self.prepared = 0
+        self.step_delay = step_delay
+
+    def prepare(self, req):
+        self.prepared += 1
+        return self.inner.prepare(req)
+
+    def step(self, states):
+        time.sleep(self.step_delay)
+        return self.inner.step(states)
+
+    def finish(self, state):
+        return self.inner.finish(state)
+
+
+def outcome(job, timeout=120.0):
+    events = job.subscribe()
+    end = time.monotonic() + timeout
+    seen = []
+    while time.monotonic() < end:
+        event = events.get(timeout=timeout)
+        seen.append(event)
+        if isinstance(event, Finished | Failed):
+            return event, seen
+    raise TimeoutError
+
+
+def submit(engine, rid, priority=Priority.INTERACTIVE, deadline=None, **kw):
+    return engine.submit(rid, rid, lambda: request(**kw), priority, deadline)
+
+
+def sample(name, **labels):
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def test_four_concurrent_requests_share_steps():
+    engine = ContinuousBatchingEngine(CountingSampler(step_delay=0.01), max_batch_size=4)
+    try:
+        before_small = sample("genaug_sampler_step_batch_size_bucket", le="3.0")
+        before_all = sample("genaug_sampler_step_batch_size_count")
+        jobs = [submit(engine, f"c{i}", seed=i, num_inference_steps=12) for i in range(4)]
+        results = [outcome(job)[0] for job in jobs]
+        assert all(isinstance(r, Finished) for r in results)
+        steps = sample("genaug_sampler_step_batch_size_count") - before_all
+        small = sample("genaug_sampler_step_batch_size_bucket", le="3.0") - before_small
+        # 4 x 12 request-steps ran in far fewer forwards, most of them with all four requests.
+        assert steps < 4 * 12 and steps - small >= 6
+    finally:
+        engine.close()
+
+
+def test_batched_results_equal_unbatched():
+    requests = [dict(seed=s, num_inference_steps=4 + s, guidance_scale=1.0 + s) for s in range(3)]
+    results = {}
+    for size in (1, 3):
+        engine = ContinuousBatchingEngine(CountingSampler(), max_batch_size=size)
+        try:
+            jobs = [submit(engine, f"r{i}", **kw) for i, kw in enumerate(requests)]
+            results[size] = [outcome(job)[0].latents for job in jobs]
+        finally:
+            engine.close()
+    for alone, batched in zip(results[1], results[3], strict=True):
+        torch.testing.assert_close(alone, batched, atol=1e-4, rtol=1e-4)
+
+
+def test_interactive_request_preempts_long_batch_work():
+    engine = ContinuousBatchingEngine(CountingSampler(step_delay=0.02), max_batch_size=1)
+    try:
+        preempted = sample("genaug_sampler_preemptions_total")
+        long_job = submit(engine, "long", Priority.BATCH, num_inference_steps=60)
+        events = long_job.subscribe()
+        while not isinstance(events.get(timeout=60), Progress):
+            pass
+        finished_at = {}
+
+        def wait(job):
+            outcome(job)
+            finished_at[job.request_id] = time.monotonic()
+
+        urgent = submit(engine, "urgent", Priority.INTERACTIVE, num_inference_steps=5)
+        threads = [threading.Thread(target=wait, args=(j,)) for j in (long_job, urgent)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        assert finished_at["urgent"] < finished_at["long"]
+        assert sample("genaug_sampler_preemptions_total") == preempted + 1
+        assert isinstance(long_job.outcome, Finished)  # resumed, not restarted or lost
+    finally:
+        engine.close()
+
+
+def test_queue_bound_rejects_with_a_retry_hint():
+    engine = ContinuousBatchingEngine(
+        CountingSampler(step_delay=0.05), max_batch_size=1, max_queue=1
+    )
+    try:
+        running = submit(engine, "a", num_inference_steps=50)
+        time.sleep(0.2)  # "a" is running, the queue is empty
+        submit(engine, "b", num_inference_steps=50)
+        with pytest.raises(ResourceExhausted) as info:
+            submit(engine, "c", num_inference_steps=50)
+        assert info.value.retry_after_s and info.value.retry_after_s > 0
+        assert engine.cancel("a") and engine.cancel("b")
+        assert isinstance(outcome(running)[0].error, Cancelled)
+    finally:
+        engine.close()
+
+
+def test_cancel_frees_the_slot_within_one_step():
+    engine = ContinuousBatchingEngine(CountingSampler(step_delay=0.02), max_batch_size=1)
+    try:
+        job = submit(engine, "x", num_inference_steps=200)
+        events = job.subscribe()
+        while not isinstance(events.get(timeout=60), Progress):
+            pass
+        assert engine.cancel("x")
+        event, seen = outcome(job, timeout=10)
+        assert isinstance(event, Failed) and isinstance(event.error, Cancelled)
+        assert job.state.step_index < 200
+        steps_after = [e for e in seen if isinstance(e, Progress)]
+        assert len(steps_after) <= 2
+        follow = submit(engine, "y", num_inference_steps=2)
+        assert isinstance(outcome(follow)[0], Finished)
+        assert not engine.cancel("nope")
+    finally:
+        engine.close()
+
+
+def test_same_request_id_is_computed_once():
+    counting = CountingSampler()
+    engine = ContinuousBatchingEngine(counting, max_batch_size=2)
+    try:
+        first = submit(engine, "same", num_inference_steps=3)
+        second = submit(engine, "same", num_inference_steps=3)
+        assert first is second
+        result = outcome(first)[0]
+        again = submit(engine, "same", num_inference_steps=3)  # after completion: cached
+        assert outcome(again)[0] is result
+        assert counting.prepared == 1
+        with pytest.raises(InvalidArgument, match="request_id"):
+            engine.submit("same", "other-fingerprint", request, Priority.INTERACTIVE, None)
+    finally:
+        engine.close()
+
+
+def test_deadline_and_bad_requests():
+    engine = ContinuousBatchingEngine(CountingSampler(step_delay=0.02), max_batch_size=1)
+    try:
+        job = submit(engine, "late", deadline=time.monotonic() + 0.3, num_inference_steps=500)
+        event, _ = outcome(job, timeout=30)
+        assert isinstance(event.error, DeadlineExceeded)
+        with pytest.raises(InvalidArgument, match="conditions"):
+            submit(engine, "bad", class_label=7)
+    finally:
+        engine.close()
