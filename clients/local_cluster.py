@@ -32,8 +32,16 @@ DEFAULT_PORTS: dict[str, tuple[int, int]] = {
 }
 
 
+# The sampler talks to these over gRPC; LocalCluster passes it their addresses.
+SAMPLER_DEPENDENCIES = {
+    "condition_encoder": "--encoder-target",
+    "motion_extractor": "--motion-target",
+    "vae_codec": "--codec-target",
+}
+
+
 def available_services() -> list[str]:
-    """The services this checkout can run, in start order."""
+    """The services this checkout can run."""
     return [n for n in DEFAULT_PORTS if importlib.util.find_spec(f"services.{n}.__main__")]
 
 
@@ -107,6 +115,16 @@ class LocalCluster:
     def targets(self) -> dict[str, str]:
         return {name: s.target for name, s in self.services.items()}
 
+    def _wiring(self, name: str) -> list[str]:
+        """Flags that point a service at the others it calls (only the sampler calls others)."""
+        if name != "sampler":
+            return []
+        args = []
+        for dependency, flag in SAMPLER_DEPENDENCIES.items():
+            if dependency in self.services:
+                args += [flag, self.services[dependency].target]
+        return args
+
     def start(self, timeout: float = 300.0) -> None:
         for service in self.services.values():
             command = [
@@ -119,6 +137,7 @@ class LocalCluster:
                 str(service.port),
                 "--metrics-port",
                 str(service.metrics_port),
+                *self._wiring(service.name),
                 *service.extra_args,
             ]
             if self.model_dir is not None:
