@@ -15,9 +15,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
-import tempfile
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,26 +45,9 @@ def condition_paths(root: Path, name: str, clip_file: str) -> ConditionPaths:
     )
 
 
-def _atomic_save(path: Path, save: Callable[[object], None]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            save(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_motion(paths: ConditionPaths, field, trajectories, mask) -> None:
-    _atomic_save(paths.motion_field, lambda f: np.save(f, field, allow_pickle=False))
-    _atomic_save(
-        paths.trajectory,
-        lambda f: np.savez(f, trajectories=trajectories, trajectory_mask=mask),
-    )
+    layout.save_npy(paths.motion_field, field)
+    layout.save_npz(paths.trajectory, trajectories=trajectories, trajectory_mask=mask)
 
 
 def load_motion(paths: ConditionPaths) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -161,7 +141,7 @@ def precompute(
             save_motion(paths, *backend.motion(frames))
         if todo_prior:
             prior = backend.prior(frames[0])
-            _atomic_save(paths.prior, lambda f: np.save(f, prior.astype(np.float32)))
+            layout.save_npy(paths.prior, prior.astype(np.float32))
         return True
 
     bar = tqdm(total=len(items), desc=f"conditions {name}", unit="clip", disable=not progress)

@@ -28,7 +28,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import cv2
 import numpy as np
@@ -145,6 +145,26 @@ def atomic_write(
 def atomic_write_bytes(path: str | os.PathLike, data: bytes, durable: bool = True) -> Path:
     """Atomically replace `path` with `data`."""
     return atomic_write(path, lambda tmp: tmp.write_bytes(data), durable)
+
+
+def _write_with(save: Callable[[BinaryIO], None]) -> Callable[[Path], None]:
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as handle:  # a handle: np.save would append .npy to a bare path
+            save(handle)
+
+    return write
+
+
+def save_npy(path: str | os.PathLike, array: np.ndarray) -> Path:
+    """`np.save(..., allow_pickle=False)` to exactly `path`, atomically (no object arrays)."""
+    array = np.asarray(array)
+    return atomic_write(path, _write_with(lambda f: np.save(f, array, allow_pickle=False)))
+
+
+def save_npz(path: str | os.PathLike, **arrays: np.ndarray) -> Path:
+    """`np.savez` of named plain arrays to exactly `path`, atomically (no object arrays)."""
+    arrays = {name: np.asarray(value) for name, value in arrays.items()}
+    return atomic_write(path, _write_with(lambda f: np.savez(f, allow_pickle=False, **arrays)))
 
 
 def _check_frames(frames: np.ndarray, ndim: int, field_name: str) -> np.ndarray:

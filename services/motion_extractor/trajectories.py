@@ -27,18 +27,15 @@ pickling (the reference pickled a dict of torch tensors).
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
-import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
 
 from services.common.errors import InvalidArgument
+from services.data import layout
 
 DEFAULT_DOWNSAMPLE = 8
 NUM_SPATIAL_SLOTS = 9  # the query point + its 3x3 neighbourhood (8)
@@ -299,38 +296,9 @@ def compute_trajectories(
     )
 
 
-def _atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> Path:
-    """Writes through a temporary file in the same directory, fsyncs, then renames over `path`."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as file:
-            write(file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-    return path
-
-
-def save_npy_atomic(path: str | os.PathLike, array: np.ndarray) -> Path:
-    """`np.save(..., allow_pickle=False)` to exactly `path`, atomically. Returns `path`."""
-    array = np.asarray(array)
-    return _atomic_write(path, lambda file: np.save(file, array, allow_pickle=False))
-
-
-def save_npz_atomic(path: str | os.PathLike, **arrays: np.ndarray) -> Path:
-    """`np.savez(..., allow_pickle=False)` of named arrays to exactly `path`, atomically."""
-    arrays = {name: np.asarray(value) for name, value in arrays.items()}
-    return _atomic_write(path, lambda file: np.savez(file, allow_pickle=False, **arrays))
+# Kept under these names for callers of this module; the one implementation is in the layout.
+save_npy_atomic = layout.save_npy
+save_npz_atomic = layout.save_npz
 
 
 def save_trajectories(path: str | os.PathLike, result: TrajectoryResult) -> Path:
