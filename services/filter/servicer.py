@@ -1,0 +1,133 @@
+"""Typed genaug.v1.Filter API: the client-streaming FilterPool RPC.
+
+The stream is FilterOptions first, then one PoolClip per clip. Each clip is validated and scored
+as it arrives (only its small latent vectors are kept), so a large pool never sits in memory as
+clips; the pool-level thresholds are decided once the stream ends.
+"""
+
+from __future__ import annotations
+
+import math
+
+from genaug import wire
+from genaug.v1 import filter_pb2 as pb
+from genaug.v1 import filter_pb2_grpc
+from services.common.deadline import Deadline
+from services.common.errors import InvalidArgument
+from services.filter import pool
+from services.filter.scorer import PoolScorer
+
+
+def options_from_proto(message: pb.FilterOptions) -> pool.PoolOptions:
+    """FilterOptions -> PoolOptions; 0 (unset) means the default, out-of-range is an error."""
+    # Options travel as float32: round so that 0.98 compares as 0.98, not 0.98000002.
+    alpha = round(float(message.alpha), 6)
+    if not math.isfinite(alpha) or alpha < 0:
+        raise InvalidArgument("options.alpha", f"is {alpha}; expected > 0 (0 means 1.0)")
+    threshold = round(float(message.duplicate_threshold), 6)
+    if not math.isfinite(threshold) or threshold < 0 or threshold > 1:
+        raise InvalidArgument(
+            "options.duplicate_threshold",
+            f"is {threshold}; expected a cosine similarity in (0, 1] (0 means "
+            f"{pool.DEFAULT_DUPLICATE_THRESHOLD})",
+        )
+    return pool.PoolOptions(
+        alpha=alpha or pool.DEFAULT_ALPHA,
+        duplicate_threshold=threshold or pool.DEFAULT_DUPLICATE_THRESHOLD,
+        semantic=not message.skip_semantic,
+        sequential=not message.skip_sequential,
+        duplicates=not message.skip_duplicates,
+    )
+
+
+class FilterServicer(filter_pb2_grpc.FilterServicer):
+    """Args: scorer: the loaded networks; max_clips: largest pool accepted."""
+
+    def __init__(self, scorer: PoolScorer, max_clips: int = 4096):
+        self.scorer = scorer
+        self.max_clips = max_clips
+
+    def FilterPool(self, request_iterator, context):
+        deadline = Deadline.from_context(context)
+        options: pool.PoolOptions | None = None
+        scores: list[pool.ClipScores] = []
+        first_index: dict[str, int] = {}
+        shape: tuple[int, ...] | None = None
+        for index, request in enumerate(request_iterator):
+            part = request.WhichOneof("part")
+            if index == 0:
+                if part != "options":
+                    raise InvalidArgument(
+                        "requests[0].options",
+                        "the first message must be FilterOptions (an empty one for defaults)",
+                    )
+                options = options_from_proto(request.options)
+                continue
+            if part != "clip":
+                raise InvalidArgument(
+                    f"requests[{index}]", "after the options, every message must be a clip"
+                )
+            i = len(scores)
+            if i >= self.max_clips:
+                raise InvalidArgument(
+                    "clips", f"the pool has more than {self.max_clips} clips; split it"
+                )
+            clip_msg = request.clip
+            clip = self._validated_clip(clip_msg, i, shape, first_index)
+            shape = clip.shape
+            result = self.scorer.score_clip(clip, deadline)
+            ce = pool.cross_entropy(result.logits[None], [clip_msg.label])[0]
+            scores.append(
+                pool.ClipScores(
+                    clip_msg.clip_id, clip_msg.case_id, float(ce), result.vae_seq, result.vectors
+                )
+            )
+            first_index[clip_msg.clip_id] = i
+        if options is None:
+            raise InvalidArgument("requests", "the stream is empty: send FilterOptions, then clips")
+        if not scores:
+            raise InvalidArgument("clips", "the pool has no clips")
+        deadline.check("pool decisions")
+        return _response(pool.filter_pool(scores, options))
+
+    def _validated_clip(self, clip_msg, i: int, shape, first_index: dict[str, int]):
+        """Checks ids, label and tensor of `clips[i]`; returns the clip array."""
+        field = f"clips[{i}]"
+        if not clip_msg.clip_id:
+            raise InvalidArgument(f"{field}.clip_id", "is empty")
+        earlier = first_index.get(clip_msg.clip_id)
+        if earlier is not None:
+            raise InvalidArgument(
+                f"{field}.clip_id", f"{clip_msg.clip_id!r} was already used by clips[{earlier}]"
+            )
+        if not clip_msg.case_id:
+            raise InvalidArgument(f"{field}.case_id", "is empty")
+        self.scorer.check_label(clip_msg.label, f"{field}.label")
+        if not wire.is_set(clip_msg.clip):
+            raise InvalidArgument(f"{field}.clip", "is not set")
+        clip = wire.from_proto(clip_msg.clip, f"{field}.clip")
+        if shape is not None and clip.shape != shape:
+            raise InvalidArgument(
+                f"{field}.clip.shape",
+                f"is {list(clip.shape)}; every clip of a pool must match clips[0] {list(shape)}",
+            )
+        self.scorer.check_clip(clip, f"{field}.clip")
+        return clip
+
+
+def _response(outcome: pool.PoolResult) -> pb.FilterPoolResponse:
+    return pb.FilterPoolResponse(
+        verdicts=[
+            pb.ClipVerdict(
+                clip_id=v.clip_id,
+                keep=v.keep,
+                cross_entropy=v.cross_entropy,
+                vae_seq=v.vae_seq,
+                max_duplicate_similarity=v.max_duplicate_similarity,
+                reasons=v.reasons,
+            )
+            for v in outcome.verdicts
+        ],
+        vae_seq_low=outcome.band.low,
+        vae_seq_high=outcome.band.high,
+    )
