@@ -8,17 +8,17 @@ the caller's deadline is checked before every batch.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from services.common.deadline import Deadline
-from services.common.errors import DeadlineExceeded, InvalidArgument
+from services.common.errors import InvalidArgument
+from services.common.slots import ComputeSlots
 from services.models.medsam import (
     PRIOR_SHAPE,
     ImagePriorEncoder,
@@ -103,7 +103,7 @@ class ConditionEncoder:
         self.projection = "none"
         self.projection_path: Path | None = None
         # One forward at a time for both networks: they share the same cores.
-        self._compute = threading.Lock()
+        self._slots = ComputeSlots(1)
         self._load_lock = threading.Lock()
 
     # -- loading --------------------------------------------------------------------------
@@ -216,17 +216,6 @@ class ConditionEncoder:
         return out
 
     # -- compute --------------------------------------------------------------------------
-    @contextlib.contextmanager
-    def _turn(self, deadline: Deadline, stage: str) -> Iterator[None]:
-        deadline.check(stage)
-        left = deadline.remaining()
-        if not self._compute.acquire(timeout=-1 if left is None else max(left, 0)):
-            raise DeadlineExceeded(f"deadline exceeded waiting to run {stage}")
-        try:
-            yield
-        finally:
-            self._compute.release()
-
     def encode_image_prior(
         self, frames: np.ndarray, deadline: Deadline | None = None, field: str = "frames"
     ) -> np.ndarray:
@@ -236,7 +225,7 @@ class ConditionEncoder:
         out = np.empty((frames.shape[0], *PRIOR_SHAPE), np.float32)
         step = self.image.batch_size
         for start in range(0, frames.shape[0], step):
-            with self._turn(deadline, "image prior"):
+            with self._slots.turn(deadline, "image prior"):
                 out[start : start + step] = self.image.encode(frames[start : start + step])
         return out
 
@@ -248,6 +237,6 @@ class ConditionEncoder:
         deadline = deadline or Deadline.none()
         parts = []
         for start in range(0, len(captions), self.text_batch):
-            with self._turn(deadline, "text embedding"):
+            with self._slots.turn(deadline, "text embedding"):
                 parts.append(self.text.encode(captions[start : start + self.text_batch]))
         return np.ascontiguousarray(np.concatenate(parts).astype(np.float32, copy=False))

@@ -11,10 +11,8 @@ serialises the forwards and the caller's deadline is checked between them.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +20,8 @@ import numpy as np
 import torch
 
 from services.common.deadline import Deadline
-from services.common.errors import DeadlineExceeded, InvalidArgument
+from services.common.errors import InvalidArgument
+from services.common.slots import ComputeSlots
 from services.filter import pool
 from services.models.classifier import (
     CONFIG_NAME,
@@ -80,7 +79,7 @@ class PoolScorer:
         self.classifier: VideoClassifier | None = None
         self.vae_weights = ""
         self.classifier_weights = ""
-        self._compute = threading.Lock()
+        self._slots = ComputeSlots(1)
         self._load_lock = threading.Lock()
 
     # -- loading --------------------------------------------------------------------------
@@ -177,23 +176,11 @@ class PoolScorer:
             )
 
     # -- compute --------------------------------------------------------------------------
-    @contextlib.contextmanager
-    def _turn(self, deadline: Deadline, stage: str) -> Iterator[None]:
-        deadline.check(stage)
-        left = deadline.remaining()
-        if not self._compute.acquire(timeout=-1 if left is None else max(left, 0)):
-            raise DeadlineExceeded(f"deadline exceeded waiting to run {stage}")
-        try:
-            with torch.inference_mode():
-                yield
-        finally:
-            self._compute.release()
-
     def _latents(self, clip: np.ndarray, deadline: Deadline) -> np.ndarray:
         """Validated clip (T,1,H,W) -> VAE latent means (T,C,h,w) float32 (unscaled)."""
         parts = []
         for start in range(0, clip.shape[0], self.batch_frames):
-            with self._turn(deadline, "VAE-Seq"):
+            with self._slots.turn(deadline, "VAE-Seq"), torch.inference_mode():
                 x = torch.from_numpy(np.array(clip[start : start + self.batch_frames]))
                 # The distribution mean, not a sample: the score is deterministic.
                 z = self.vae.encode(x.to(self.device, self.dtype)).latent_dist.mode()
@@ -201,7 +188,7 @@ class PoolScorer:
         return np.concatenate(parts)
 
     def _logits(self, clip: np.ndarray, deadline: Deadline) -> np.ndarray:
-        with self._turn(deadline, "classifier"):
+        with self._slots.turn(deadline, "classifier"), torch.inference_mode():
             x = torch.from_numpy(np.array(clip[None])).to(self.device)
             return self.classifier(x)[0].float().cpu().numpy()
 

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass
 
 import numpy as np
 
 from services.common.deadline import Deadline
+from services.common.slots import ComputeSlots
 from services.motion_extractor.motion import extract_motion
 from services.motion_extractor.trajectories import compute_trajectories
 from services.motion_extractor.video_io import decode_video, validate_frames
@@ -34,7 +34,7 @@ class MotionExtractor:
     def __init__(self, latent_factor: int = 8, max_concurrent: int = 2, seed: int = 0):
         self.latent_factor = latent_factor
         self.seed = seed
-        self._slots = threading.BoundedSemaphore(max_concurrent)
+        self._slots = ComputeSlots(max_concurrent)
 
     def from_encoded(
         self,
@@ -55,19 +55,13 @@ class MotionExtractor:
         """frames uint8 (T,H,W) -> conditions; `resolution` 0 means H / latent_factor."""
         deadline = deadline or Deadline.none()
         frames = validate_frames(frames)
-        left = deadline.remaining()
-        if not self._slots.acquire(timeout=None if left is None else max(left, 0)):
-            deadline.check("waiting for a motion slot")
-        try:
-            deadline.check("motion extraction")
+        with self._slots.turn(deadline, "motion extraction"):
             motion = extract_motion(frames, method)
             deadline.check("trajectory building")
             grid = resolution or max(1, frames.shape[1] // self.latent_factor)
             traj = compute_trajectories(
                 motion.motion_field, resolution=grid, seed=self.seed, pad_length=frames.shape[0]
             )
-        finally:
-            self._slots.release()
         return MotionConditions(
             motion.motion_field,
             traj.trajectories,

@@ -10,7 +10,8 @@ import numpy as np
 import torch
 
 from services.common.deadline import Deadline
-from services.common.errors import DeadlineExceeded, InvalidArgument
+from services.common.errors import InvalidArgument
+from services.common.slots import ComputeSlots
 from services.models.runtime import resolve_device, resolve_dtype
 from services.models.vae import downsample_factor, load_or_init_vae
 
@@ -44,7 +45,7 @@ class VaeCodec:
         self.vae = None
         self.provenance = ""
         # One forward at a time: concurrent forwards on a CPU only thrash its cores.
-        self._compute = threading.Lock()
+        self._slots = ComputeSlots(1)
         self._load_lock = threading.Lock()
 
     def load(self) -> None:
@@ -125,17 +126,11 @@ class VaeCodec:
         return self.vae.decode(z / self.scaling_factor).sample.clamp(-1, 1)
 
     def _batched(self, array: np.ndarray, fn, deadline: Deadline, stage: str) -> np.ndarray:
-        left = deadline.remaining()
-        if not self._compute.acquire(timeout=-1 if left is None else max(left, 0)):
-            raise DeadlineExceeded(f"deadline exceeded waiting to {stage}")
-        try:
-            outputs = []
-            with torch.inference_mode():
-                for start in range(0, array.shape[0], self.batch_frames):
-                    deadline.check(stage)
-                    chunk = torch.from_numpy(np.array(array[start : start + self.batch_frames]))
-                    out = fn(chunk.to(self.device, self.dtype))
-                    outputs.append(out.float().cpu().numpy())
-            return np.concatenate(outputs, axis=0)
-        finally:
-            self._compute.release()
+        outputs = []
+        with self._slots.turn(deadline, stage), torch.inference_mode():
+            for start in range(0, array.shape[0], self.batch_frames):
+                deadline.check(stage)
+                chunk = torch.from_numpy(np.array(array[start : start + self.batch_frames]))
+                out = fn(chunk.to(self.device, self.dtype))
+                outputs.append(out.float().cpu().numpy())
+        return np.concatenate(outputs, axis=0)
