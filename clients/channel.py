@@ -23,6 +23,8 @@ class ChannelSettings:
         retry_attempts: attempts for calls failing with UNAVAILABLE (1 disables retries).
         token: bearer token sent as `authorization: Bearer <token>`.
         ca_cert / client_cert / client_key: PEM files for TLS / mutual TLS.
+        load_balancing: gRPC load-balancing policy, e.g. "round_robin" over every address a
+            "dns:///name:port" target resolves to (default: pick_first).
     """
 
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
@@ -33,9 +35,10 @@ class ChannelSettings:
     client_cert: Path | None = None
     client_key: Path | None = None
     server_name_override: str | None = None
+    load_balancing: str | None = None
 
 
-def _service_config(attempts: int) -> str:
+def _service_config(attempts: int, load_balancing: str | None = None) -> str:
     # UNAVAILABLE means the call did not reach a handler or the server is draining: retried
     # with backoff. Non-idempotent typed calls (Generate) carry a request id and are
     # de-duplicated by the server, so a retry never computes twice.
@@ -46,7 +49,10 @@ def _service_config(attempts: int) -> str:
         "backoffMultiplier": 2,
         "retryableStatusCodes": ["UNAVAILABLE"],
     }
-    return json.dumps({"methodConfig": [{"name": [{}], "retryPolicy": policy}]})
+    config: dict = {"methodConfig": [{"name": [{}], "retryPolicy": policy}]}
+    if load_balancing:
+        config["loadBalancingConfig"] = [{load_balancing: {}}]
+    return json.dumps(config)
 
 
 _Details = namedtuple(
@@ -105,7 +111,7 @@ def channel_options(settings: ChannelSettings) -> list[tuple[str, object]]:
         ("grpc.max_send_message_length", settings.max_message_bytes),
         ("grpc.max_receive_message_length", settings.max_message_bytes),
         ("grpc.enable_retries", 1 if settings.retry_attempts > 1 else 0),
-        ("grpc.service_config", _service_config(settings.retry_attempts)),
+        ("grpc.service_config", _service_config(settings.retry_attempts, settings.load_balancing)),
         # Keep long-lived streams (generation progress) alive through idle proxies.
         ("grpc.keepalive_time_ms", 30000),
         ("grpc.keepalive_permit_without_calls", 1),

@@ -18,6 +18,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("clients.demo", "run the embedded main job on the bundled models and data"),
     "prepare": ("services.data.prepare", "ingest and preprocess medical sequences"),
     "conditions": ("clients.conditions", "precompute motion fields, trajectories and priors"),
+    "augment": ("clients.augment", "build an augmented dataset on demand"),
     "train": ("services.models.training.cli", "train the VAE, LDM, sequence LDM or classifier"),
     "export-onnx": ("services.models.onnx_export", "export the VAE and prior encoder to ONNX"),
 }

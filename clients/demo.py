@@ -1,24 +1,26 @@
 """`genaug demo` (what `make demo` runs): the embedded main job on bundled models and data.
 
-Today: start the VAE codec as a local process, round-trip a real echocardiography clip (the
-pydicom test cine) through it over gRPC, report the reconstruction and write a contact sheet.
+Starts the five services as local processes with the bundled weights, makes sure the bundled
+Phantom dataset exists, and builds an augmented dataset with `genaug augment`: reference
+conditions fetched from the encoder and motion services (cached), generation on the sampler,
+the pool filtered by the filter service, the kept clips written in the seed layout with a
+report. Then it stops the services.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import re
 import time
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
-
-from clients.channel import open_channel
-from clients.codec import VaeCodecClient
-from clients.local_cluster import LocalCluster
+from clients.local_cluster import DEFAULT_PORTS, LocalCluster, available_services
 
 logger = logging.getLogger(__name__)
+
+DEFAULT_MODEL_DIR = Path("deploy/model-repository")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -28,61 +30,122 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model-dir", type=Path, default=None, help="model repository (default: the bundled one)"
     )
-    parser.add_argument("--frames", type=int, default=8, help="frames of the clip (default 8)")
-    parser.add_argument("--size", type=int, default=64, help="frame size in px (default 64)")
+    parser.add_argument(
+        "--per-class", type=int, default=10, help="synthetic clips per class (default 10)"
+    )
+    parser.add_argument("--steps", type=int, help="denoising steps (default: model card, else 25)")
+    parser.add_argument("--guidance", type=float, help="CFG scale (default: model card, else 3)")
+    parser.add_argument("--concurrency", type=int, default=4, help="generations in flight")
+    parser.add_argument("--fresh", action="store_true", help="start the augmented set anew")
 
 
-def echo_clip(frames: int, size: int) -> np.ndarray:
-    """Grey uint8 (T,size,size) frames of pydicom's real cardiac ultrasound cine."""
-    import pydicom
-    from pydicom.data import get_testdata_file
-
-    dataset = pydicom.dcmread(get_testdata_file("examples_ybr_color.dcm"))
-    rgb = dataset.pixel_array[:frames]  # pydicom converts YBR_FULL_422 to RGB once, here
-    grey = rgb[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
-    out = []
-    for frame in grey:
-        h, w = frame.shape
-        side = max(h, w)
-        square = np.zeros((side, side), np.float32)
-        square[(side - h) // 2 : (side - h) // 2 + h, (side - w) // 2 : (side - w) // 2 + w] = frame
-        out.append(np.asarray(Image.fromarray(square).resize((size, size), Image.BILINEAR)))
-    return np.clip(np.stack(out), 0, 255).astype(np.uint8)
+_GUIDANCE = re.compile(r"guidance(?:[ _-]*scale)?\W{1,6}(\d+(?:\.\d+)?)", re.I)
+_STEPS = re.compile(
+    r"--steps[ =](\d+)|steps\W{1,6}(\d+)|(\d+)\s+(?:DDIM\s+|denoising\s+|sampling\s+)?steps",
+    re.I,
+)
 
 
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
+def sampling_defaults(model_dir: Path) -> tuple[int, float, str]:
+    """(steps, guidance, where they came from): from the model card, else 25 and 3.
+
+    The card's first line that names both a guidance scale and a step count (a sampling line,
+    e.g. the generator-quality command `--guidance 3 --steps 25`; training lines name no
+    guidance) gives them.
+    """
+    card = model_dir / "MODEL_CARD.md"
+    if card.is_file():
+        for line in card.read_text(errors="replace").splitlines():
+            guidance, steps = _GUIDANCE.search(line), _STEPS.search(line)
+            if guidance and steps:
+                n = int(next(g for g in steps.groups() if g))
+                g = float(guidance.group(1))
+                if 1 <= n <= 1000 and 0 < g <= 50:
+                    return n, g, f"{card}"
+        return 25, 3.0, "defaults (the model card names no sampling settings)"
+    return 25, 3.0, "defaults (no model card)"
 
 
-def contact_sheet(rows: list[np.ndarray], path: Path) -> None:
-    sheet = np.concatenate([np.concatenate(list(row), axis=1) for row in rows], axis=0)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(sheet).resize((sheet.shape[1] * 2, sheet.shape[0] * 2), Image.NEAREST).save(
-        path
+def models_fingerprint(model_dir: Path) -> str:
+    """Names, sizes and times of the weight files: a re-run with other weights starts anew."""
+    files = sorted(p for p in model_dir.rglob("*") if p.is_file() and p.suffix != ".md")
+    return json.dumps(
+        [[str(p.relative_to(model_dir)), p.stat().st_size, p.stat().st_mtime_ns] for p in files]
     )
 
 
 def run(args: argparse.Namespace) -> int:
-    clip = echo_clip(args.frames, args.size)
-    with LocalCluster(["vae_codec"], args.model_dir, args.out / "logs") as cluster:
-        target = cluster.services["vae_codec"].target
+    from clients.augment import run_options
+    from clients.augment.options import AugmentOptions, validate
+    from clients.augment.replicas import JobFailed
+    from clients.augment.report import summary_lines
+    from services.data import layout
+    from services.data.phantoms import PHANTOM_NAME, ensure_bundled_dataset
 
-        with open_channel(target) as channel:
-            codec = VaeCodecClient(channel)
-            info = codec.info(timeout=10)
-            frames = (clip.astype(np.float32) / 127.5 - 1.0)[:, None]
-            began = time.perf_counter()
-            latents = codec.encode(frames, timeout=60)
-            decoded = codec.decode(latents, timeout=60)
-            seconds = time.perf_counter() - began
-    recon = np.clip((decoded[:, 0] + 1.0) * 127.5, 0, 255).round().astype(np.uint8)
-    sheet = args.out / "vae_round_trip.png"
-    contact_sheet([clip, recon], sheet)
-    print(f"VAE codec round trip over gRPC ({target}):")
-    print(f"  clip     {tuple(frames.shape)} float32 from the pydicom echo cine")
-    print(f"  latents  {tuple(latents.shape)} float32 (scaling factor {info.scaling_factor:g})")
-    print(f"  decoded  {tuple(decoded.shape)} float32 in {seconds:.2f}s")
-    print(f"  weights  {info.weights} ({info.config_name}); PSNR {psnr(clip, recon):.1f} dB")
-    print(f"  contact sheet (top: real, bottom: reconstruction): {sheet}")
+    began = time.perf_counter()
+    model_dir = args.model_dir or DEFAULT_MODEL_DIR
+    steps, guidance, source = sampling_defaults(model_dir)
+    steps, guidance = args.steps or steps, args.guidance or guidance
+    classes = model_dir / "classes.json"  # the trained models' class ids, when present
+    names = available_services()
+    missing = [n for n in DEFAULT_PORTS if n not in names]
+    print(f"starting services: {', '.join(names)}")
+    if missing:
+        print(f"  not available in this checkout (skipped): {', '.join(missing)}")
+    data = ensure_bundled_dataset(args.out / "data")
+    out = args.out / "augmented"
+    models = models_fingerprint(model_dir)
+    stamp = out / ".augment" / "demo-models.json"
+    if out.exists() and (args.fresh or not stamp.is_file() or stamp.read_text() != models):
+        import shutil
+
+        if not args.fresh:
+            print("  the bundled models changed since the last demo: starting the set anew")
+        shutil.rmtree(out)
+    layout.atomic_write_bytes(stamp, models.encode())
+    # A seeded classifier must know the dataset's classes (a trained one brings its own).
+    n_classes = len(layout.load_dataset(data, PHANTOM_NAME, "train").classes)
+    extra = {"filter": ["--num-classes", str(n_classes)]} if "filter" in names else {}
+    with LocalCluster(names, args.model_dir, args.out / "logs", extra_args=extra) as cluster:
+        targets = cluster.targets()
+        print(f"  all SERVING after {time.perf_counter() - began:.0f}s: {targets}")
+        options = AugmentOptions(
+            dataset_root=data,
+            name=PHANTOM_NAME,
+            out=out,
+            per_class=args.per_class,
+            steps=steps,
+            guidance=guidance,
+            sampler=[targets["sampler"]],
+            encoder=targets.get("condition_encoder"),
+            motion=targets.get("motion_extractor"),
+            filter=targets.get("filter"),
+            no_filter="filter" not in targets,
+            concurrency=args.concurrency,
+            classes_file=classes if classes.is_file() else None,
+            shard_index=0,
+            shard_count=1,
+        )
+        validate(options)
+        print(
+            f"augmenting {PHANTOM_NAME}: {args.per_class} per class, {steps} steps, "
+            f"guidance {guidance:g} ({source})"
+        )
+        try:
+            result = run_options(options)
+        except JobFailed as error:
+            print(f"demo stopped: {error}; run it again to continue")
+            return 1
+        except ValueError as error:
+            print(f"demo: {error}\n(`genaug demo --fresh` starts the augmented set anew)")
+            return 2
+    for line in summary_lines(result):
+        print(line)
+    print(f"  conditions from: {result.condition_sources or 'cache'}")
+    print(
+        f"  output:  {out} ({result.metadata_records} clips; "
+        f"load_dataset('{out}', '{PHANTOM_NAME}', 'train'))"
+    )
+    print(f"  report:  {result.report_path}")
+    print(f"  logs:    {args.out / 'logs'}; total {time.perf_counter() - began:.0f}s")
     return 0

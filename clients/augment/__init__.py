@@ -1,0 +1,56 @@
+"""`genaug augment`: build an augmented dataset on demand through the services.
+
+Reads a prepared dataset (seed layout, training split only), plans N generations per class over
+its reference clips as the reference's `generate.py` does, generates them across the sampler
+replicas (bounded concurrency, retries with the same request id), filters the pool through the
+filter service, and writes the kept clips in the seed layout under `--out` with a report.
+Exactly-once and resumable: see `clients.augment.manifest`.
+
+    genaug augment --dataset-root data --name Phantom --out runs/aug --per-class 8 \\
+        --sampler 10.0.0.5:50053 10.0.0.6:50053 --filter 10.0.0.7:50054 --steps 25 --guidance 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from clients.augment.options import AugmentOptions, add_arguments, resolve
+from clients.augment.replicas import JobFailed
+
+__all__ = ["AugmentOptions", "add_arguments", "run", "run_options"]
+
+logger = logging.getLogger(__name__)
+
+
+def run_options(options: AugmentOptions):
+    """Run one shard of a job; returns its `JobResult`."""
+    from clients.augment.job import run_job
+
+    return run_job(options)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        options = resolve(args)
+    except (ValueError, OSError) as error:
+        print(f"genaug augment: {error}")
+        return 2
+    from clients.augment.report import summary_lines
+    from services.common.errors import ServiceError
+
+    try:
+        result = run_options(options)
+    except JobFailed as error:
+        print(f"genaug augment: stopped: {error}")
+        print("finished work is kept; run the same command again to continue")
+        return 1
+    except (ValueError, ServiceError) as error:  # bad options or dataset: nothing was done
+        print(f"genaug augment: {error}")
+        return 2
+    for line in summary_lines(result):
+        print(line)
+    print(f"  output: {options.out} ({result.metadata_records} clips in the train metadata)")
+    if result.report_path is not None:
+        print(f"  report: {result.report_path}")
+    return 0

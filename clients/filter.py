@@ -1,0 +1,105 @@
+"""Client of the synthetic-data filter: stream a pool of clips, get a verdict per clip."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import grpc
+import numpy as np
+
+from clients.errors import translate_errors
+from genaug import wire
+from genaug.v1 import filter_pb2 as pb
+from genaug.v1 import filter_pb2_grpc
+
+
+@dataclass(frozen=True)
+class PoolClip:
+    """One synthetic clip of a pool.
+
+    Attributes:
+        clip_id: unique within the pool.
+        case_id: clips generated from the same reference clip share a case.
+        label: the class id the clip was generated for.
+        clip: float32 (T,1,H,W) in [-1,1]; every clip of a pool has the same shape.
+    """
+
+    clip_id: str
+    case_id: str
+    label: int
+    clip: np.ndarray
+
+
+@dataclass(frozen=True)
+class ClipVerdict:
+    clip_id: str
+    keep: bool
+    cross_entropy: float
+    vae_seq: float
+    max_duplicate_similarity: float
+    reasons: tuple[str, ...]
+
+    @property
+    def rejected_by(self) -> str | None:
+        """ "semantic", "sequential" or "duplicate" for a rejected clip (its first reason)."""
+        if self.keep:
+            return None
+        first = next((r for r in self.reasons if not r.startswith("note:")), "")
+        return first.split(":", 1)[0] or "unknown"
+
+
+@dataclass(frozen=True)
+class FilterResult:
+    verdicts: list[ClipVerdict]  # in pool order
+    vae_seq_low: float  # -inf/+inf when the sequential band was not applied
+    vae_seq_high: float
+
+
+class FilterClient:
+    def __init__(self, channel: grpc.Channel):
+        self._stub = filter_pb2_grpc.FilterStub(channel)
+
+    @translate_errors
+    def filter_pool(
+        self,
+        clips: Iterable[PoolClip],
+        alpha: float = 1.0,
+        duplicate_threshold: float = 0.98,
+        skip_semantic: bool = False,
+        skip_sequential: bool = False,
+        skip_duplicates: bool = False,
+        timeout: float | None = None,
+    ) -> FilterResult:
+        """Filter a pool; `clips` is consumed lazily (a generator keeps one clip in memory)."""
+        options = pb.FilterOptions(
+            alpha=alpha,
+            duplicate_threshold=duplicate_threshold,
+            skip_semantic=skip_semantic,
+            skip_sequential=skip_sequential,
+            skip_duplicates=skip_duplicates,
+        )
+
+        def requests() -> Iterator[pb.FilterPoolRequest]:
+            yield pb.FilterPoolRequest(options=options)
+            for c in clips:
+                message = pb.PoolClip(clip_id=c.clip_id, case_id=c.case_id, label=int(c.label))
+                wire.to_proto(np.asarray(c.clip, np.float32), message.clip)
+                yield pb.FilterPoolRequest(clip=message)
+
+        reply = self._stub.FilterPool(requests(), timeout=timeout)
+        return FilterResult(
+            [
+                ClipVerdict(
+                    v.clip_id,
+                    v.keep,
+                    float(v.cross_entropy),
+                    float(v.vae_seq),
+                    float(v.max_duplicate_similarity),
+                    tuple(v.reasons),
+                )
+                for v in reply.verdicts
+            ],
+            float(reply.vae_seq_low),
+            float(reply.vae_seq_high),
+        )

@@ -1,0 +1,133 @@
+"""`genaug augment` options (flags over YAML over defaults) and its replica retries."""
+
+from __future__ import annotations
+
+import argparse
+
+import grpc
+import pytest
+
+from clients.augment.options import add_arguments, resolve
+from clients.augment.replicas import JobFailed, ReplicaPool, generate_with_retries
+from clients.errors import GenAugError
+
+
+def _parse(argv):
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def test_flags_override_yaml_which_overrides_defaults(tmp_path):
+    config = tmp_path / "job.yaml"
+    config.write_text(
+        "dataset-root: data\nout: aug\nmultiplier: 2\nsteps: 10\n"
+        "sampler: [a:1, b:2]\nconditions: [prior, motion]\n"
+    )
+    o = resolve(_parse(["--config", str(config), "--steps", "25", "--per-class", "3"]), env={})
+    assert o.steps == 25 and o.per_class == 3 and o.multiplier is None  # flag target wins
+    assert o.sampler == ["a:1", "b:2"] and o.conditions == ["prior", "motion"]
+    assert o.guidance == 7.5 and o.base_seed == 66 and str(o.out) == "aug"
+    assert (o.shard_index, o.shard_count) == (0, 1)
+
+
+def test_shard_from_the_indexed_job_environment():
+    args = _parse(["--dataset-root", "d", "--out", "o", "--balance"])
+    o = resolve(args, env={"JOB_COMPLETION_INDEX": "2", "GENAUG_SHARD_COUNT": "4"})
+    assert (o.shard_index, o.shard_count) == (2, 4)
+    with pytest.raises(ValueError, match="shard index"):
+        resolve(args, env={"JOB_COMPLETION_INDEX": "4", "GENAUG_SHARD_COUNT": "4"})
+
+
+def test_invalid_options_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="exactly one"):
+        resolve(_parse(["--dataset-root", "d", "--out", "o"]), env={})
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("stepz: 3\n")
+    with pytest.raises(ValueError, match="unknown option"):
+        resolve(_parse(["--config", str(bad)]), env={})
+    with pytest.raises(SystemExit):
+        _parse(["--per-class", "1", "--balance"])
+
+
+class _Client:
+    def __init__(self, outcomes):
+        self.outcomes = list(outcomes)
+        self.request_ids = []
+
+    def generate(self, request_id):
+        self.request_ids.append(request_id)
+        outcome = self.outcomes.pop(0)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+
+def test_a_transient_failure_moves_to_the_next_replica_with_the_same_request_id():
+    pool = ReplicaPool(["127.0.0.1:1", "127.0.0.1:2"], cooldown=30.0)
+    down = GenAugError(grpc.StatusCode.UNAVAILABLE, "connection refused")
+    a, b = _Client([down]), _Client(["clip-1", "clip-2"])
+    pool.replicas[0].client, pool.replicas[1].client = a, b
+    clip, replica, attempts = generate_with_retries(
+        pool, lambda client: client.generate("item-1.k"), backoff=0.01
+    )
+    assert (clip, replica.target, attempts) == ("clip-1", "127.0.0.1:2", 2)
+    assert a.request_ids == b.request_ids == ["item-1.k"]
+    # The failed replica cools down: the next request goes to the healthy one again.
+    clip, replica, _ = generate_with_retries(pool, lambda c: c.generate("item-2.k"))
+    assert (clip, replica.target) == ("clip-2", "127.0.0.1:2")
+    pool.close()
+
+
+def test_a_request_error_fails_the_job_without_retrying():
+    pool = ReplicaPool(["127.0.0.1:1"])
+    bad = GenAugError(grpc.StatusCode.INVALID_ARGUMENT, "class_id: 7 is not in [0, 3)")
+    client = _Client([bad, "never"])
+    pool.replicas[0].client = client
+    with pytest.raises(JobFailed, match="class_id"):
+        generate_with_retries(pool, lambda c: c.generate("x"), backoff=0.01)
+    assert client.request_ids == ["x"]
+    pool.close()
+
+
+def test_attempts_are_bounded():
+    pool = ReplicaPool(["127.0.0.1:1"], cooldown=0.01)
+    busy = GenAugError(grpc.StatusCode.RESOURCE_EXHAUSTED, "queue full")
+    pool.replicas[0].client = _Client([busy] * 3)
+    with pytest.raises(JobFailed, match="3 attempts"):
+        generate_with_retries(pool, lambda c: c.generate("x"), max_attempts=3, backoff=0.01)
+    pool.close()
+
+
+def test_request_ids_are_content_addressed():
+    from clients.augment.generation import GenerationSettings, request_id
+    from clients.augment.plan import WorkItem
+    from clients.sampler import conditions_message
+
+    item = WorkItem("A-c0_s00-66", "A", 0, "c0_s00.avi", 66)
+    settings = GenerationSettings(25, 3.0, "ddim", 60.0, 3)
+    text = conditions_message(text="thick wall")
+    same = request_id(item, conditions_message(text="thick wall"), settings)
+    assert request_id(item, text, settings) == same and same.startswith(item.id + ".")
+    assert request_id(item, conditions_message(text="thin wall"), settings) != same
+    other = GenerationSettings(50, 3.0, "ddim", 60.0, 3)
+    assert request_id(item, text, other) != same
+
+
+def test_a_dns_target_balances_round_robin_explicit_ones_do_not():
+    import json
+
+    from clients.augment.replicas import _with_lb
+    from clients.channel import ChannelSettings, channel_options
+
+    def policy(settings):
+        config = json.loads(dict(channel_options(settings))["grpc.service_config"])
+        return config.get("loadBalancingConfig")
+
+    base = ChannelSettings()
+    assert policy(base) is None
+    assert policy(_with_lb(base, "round_robin")) == [{"round_robin": {}}]
+    assert base.load_balancing is None  # the caller's settings are not changed
+    pool = ReplicaPool(["dns:///localhost:1"])
+    assert len(pool.replicas) == 1
+    pool.close()
