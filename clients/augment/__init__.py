@@ -48,6 +48,13 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, ServiceError) as error:  # bad options or dataset: nothing was done
         print(f"genaug augment: {error}")
         return 2
+    if result.waiting_for:
+        print(
+            f"genaug augment: shard {options.shard_index}/{options.shard_count} generated its "
+            f"clips; {result.waiting_for} clips of other shards are still to come, and the shard "
+            "that completes the pool filters the whole job and writes the kept clips"
+        )
+        return 0
     for line in summary_lines(result):
         print(line)
     print(f"  output: {options.out} ({result.metadata_records} clips in the train metadata)")

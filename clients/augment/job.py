@@ -20,10 +20,13 @@ from clients.augment import output
 from clients.augment.generation import GenerationSettings, generate_all
 from clients.augment.manifest import (
     Manifest,
+    OutputLock,
+    all_written,
     check_job,
     manifest_path,
     pool_path,
     shard_state,
+    state_dir,
 )
 from clients.augment.options import AugmentOptions
 from clients.augment.plan import WorkItem, build_plan, class_targets, shard
@@ -42,7 +45,7 @@ class JobResult:
     name: str
     class_names: list[str]
     targets: dict[str, int]
-    items: list[WorkItem]  # this shard's plan
+    items: list[WorkItem]  # this shard's plan (the whole job's when it filtered the job)
     verdicts: dict[str, dict]
     band: list
     written: dict[str, dict]
@@ -53,6 +56,8 @@ class JobResult:
     condition_sources: dict[str, str] = field(default_factory=dict)
     replicas: dict[str, int] = field(default_factory=dict)  # clips of this shard per sampler
     report_path: Path | None = None
+    # Clips of other shards still missing from the shared pool (job-scope filtering waits).
+    waiting_for: int = 0
 
 
 def dataset_name(root: Path, name: str | None) -> str:
@@ -100,6 +105,7 @@ def plan_job(o: AugmentOptions) -> JobPlan:
             "alpha": o.filter_alpha,
             "duplicate_threshold": o.duplicate_threshold,
             "skip": sorted(o.filter_skip),
+            "scope": o.filter_scope,
         },
         "shard_count": o.shard_count,
         "save_npy": o.save_npy,
@@ -135,7 +141,8 @@ def run_job(o: AugmentOptions, sampler_pool=None, filter_client=None) -> JobResu
     manifest = Manifest(manifest_path(out, o.shard_index, o.shard_count))
     owned = _owned_files(p.items, manifest)
     output.remove_stale_temporaries(out, p.name, owned)
-    state = shard_state(manifest.records(), [w.id for w in p.items])
+    scope = p.plan if job_scope(o) else p.items  # the pool this shard's verdicts cover
+    state = shard_state(manifest.records(), [w.id for w in scope])
     for w in p.items:  # a pool file whose `generated` line was lost to a crash is complete
         if w.id not in state.generated and pool_path(out, w.id).is_file():
             record = {"event": "generated", "id": w.id, "adopted": True}
@@ -157,8 +164,22 @@ def run_job(o: AugmentOptions, sampler_pool=None, filter_client=None) -> JobResu
         if todo:
             _generate(o, p, out, todo, manifest, bar, result, sampler_pool)
         if state.filtered is None:
-            state.filtered = _filter(o, out, p.items, filter_client)
-            manifest.append(state.filtered)
+            if job_scope(o):
+                state.filtered, result.waiting_for = _job_verdicts(o, out, p.plan, filter_client)
+            else:
+                state.filtered = _filter(o, out, p.items, filter_client)
+            if state.filtered is not None:
+                manifest.append(state.filtered)
+        if state.filtered is None:
+            logger.info(
+                "shard %d/%d generated its clips; %d clips of other shards are not in the shared "
+                "pool yet: the shard that completes the pool filters it and writes the kept clips",
+                o.shard_index,
+                o.shard_count,
+                result.waiting_for,
+            )
+            result.wall_seconds = time.perf_counter() - began
+            return result
         result.verdicts = {v["id"]: v for v in state.filtered["verdicts"]}
         result.band = state.filtered.get("band", [None, None])
         kept = sum(v["keep"] for v in result.verdicts.values())
@@ -168,10 +189,19 @@ def run_job(o: AugmentOptions, sampler_pool=None, filter_client=None) -> JobResu
     generated = shard_state(manifest.records(), []).generated.values()
     result.replicas = dict(Counter(r.get("replica", "adopted") for r in generated))
     texts = p.texts if "text" in o.conditions else {}
-    output.write_kept(
-        p.items, result.verdicts, state.written, out, p.name, manifest, texts, o.save_npy
-    )
-    result.written = state.written
+    if job_scope(o):
+        # Any shard holding the job's verdicts writes every kept clip that no shard wrote yet.
+        with OutputLock(out):
+            written = {r["file_name"].removesuffix(".avi"): r for r in all_written(out)}
+            output.write_kept(
+                p.plan, result.verdicts, written, out, p.name, manifest, texts, o.save_npy
+            )
+        result.items, result.written = p.plan, written
+    else:
+        output.write_kept(
+            p.items, result.verdicts, state.written, out, p.name, manifest, texts, o.save_npy
+        )
+        result.written = state.written
     result.metadata_records = output.rebuild_metadata(out, p.name)
     result.wall_seconds = time.perf_counter() - began
     if o.report:
@@ -241,6 +271,29 @@ def _generate(o, p: JobPlan, out: Path, todo, manifest, bar, result, replicas=No
 
 def _counts(bar, generated: int, filtered: int = 0, kept: int = 0, refresh: bool = True) -> None:
     bar.set_postfix(OrderedDict(generated=generated, filtered=filtered, kept=kept), refresh=refresh)
+
+
+def job_scope(o: AugmentOptions) -> bool:
+    """Whether verdicts cover the whole job's pool (shards sharing one --out) or the shard's."""
+    return o.shard_count > 1 and o.filter_scope == "job"
+
+
+def _job_verdicts(o: AugmentOptions, out: Path, plan: list[WorkItem], client=None):
+    """The job's verdicts, computed once by the first shard that finds the pool complete.
+
+    Returns (filtered event or None, clips still missing). The K-means band and the per-case
+    means then come from the same pool as in a single run, so the shards' union equals it.
+    """
+    path = state_dir(out) / "job-verdicts.json"
+    with OutputLock(out):
+        if path.is_file():
+            return json.loads(path.read_text()), 0
+        missing = sum(not pool_path(out, w.id).is_file() for w in plan)
+        if missing:
+            return None, missing
+        filtered = _filter(o, out, plan, client)
+        layout.atomic_write_bytes(path, (json.dumps(filtered) + "\n").encode())
+        return filtered, 0
 
 
 def _filter(o: AugmentOptions, out: Path, items: list[WorkItem], client=None) -> dict:

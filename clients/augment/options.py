@@ -18,6 +18,7 @@ import yaml
 from clients.augment.references import CONDITION_KINDS
 
 FILTER_LEVELS = ("semantic", "sequential", "duplicates")
+FILTER_SCOPES = ("job", "shard")
 TARGET_KEYS = ("per_class", "multiplier", "balance")
 
 
@@ -39,6 +40,7 @@ class AugmentOptions:
     duplicate_threshold: float = 0.98
     filter_skip: list[str] = field(default_factory=list)
     no_filter: bool = False
+    filter_scope: str = "job"
     sampler: list[str] = field(default_factory=lambda: ["127.0.0.1:50053"])
     encoder: str | None = None
     motion: str | None = None
@@ -81,6 +83,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--duplicate-threshold", type=float, default=s, help="near-duplicate cosine (0.98)")
     a("--filter-skip", nargs="+", choices=FILTER_LEVELS, default=s, help="levels that keep all")
     a("--no-filter", action="store_true", default=s, help="keep every generated clip")
+    a(
+        "--filter-scope",
+        choices=FILTER_SCOPES,
+        default=s,
+        help="job (default): shards sharing --out filter the whole job's pool once, exactly as "
+        "one run would; shard: each shard filters its own pool",
+    )
     a("--sampler", nargs="+", default=s, help="host:port ... or one dns:///name:port")
     a("--encoder", default=s, help="condition encoder address (else the sampler fetches)")
     a("--motion", default=s, help="motion extractor address (else the sampler fetches)")
@@ -140,6 +149,8 @@ def validate(o: AugmentOptions) -> None:
         raise ValueError("give exactly one of --per-class, --multiplier, --balance")
     if not set(o.conditions) <= set(CONDITION_KINDS):
         raise ValueError(f"--conditions must be among {CONDITION_KINDS}")
+    if o.filter_scope not in FILTER_SCOPES:
+        raise ValueError(f"--filter-scope must be one of {FILTER_SCOPES}")
     if not set(o.filter_skip) <= set(FILTER_LEVELS):
         raise ValueError(f"--filter-skip must be among {FILTER_LEVELS}")
     if o.concurrency < 1 or o.max_attempts < 1 or o.deadline <= 0:

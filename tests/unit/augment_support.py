@@ -117,3 +117,18 @@ def data_tree(out: Path) -> dict[str, bytes]:
     """The output dataset's files (not the job state or the report), by relative path."""
     folder = layout.dataset_dir(out, NAME)
     return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+class PoolFilter:
+    """Keeps clips above the pool's median frame mean: verdicts depend on the whole pool, like
+    the VAE-Seq K-means band."""
+
+    def filter_pool(self, clips, **kwargs):
+        clips = list(clips)
+        means = [float(np.mean(c.clip)) for c in clips]
+        cut = float(np.median(means))
+        verdicts = [
+            ClipVerdict(c.clip_id, m > cut, 0.0, m, 0.0, () if m > cut else ("sequential: low",))
+            for c, m in zip(clips, means, strict=True)
+        ]
+        return FilterResult(verdicts, cut, float("inf"))

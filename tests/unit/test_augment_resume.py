@@ -27,6 +27,7 @@ from tests.unit.augment_support import (
     FakeFilter,
     FakePool,
     FakeSampler,
+    PoolFilter,
     data_tree,
     options,
     tiny_dataset,
@@ -161,6 +162,27 @@ def test_sharded_runs_into_one_folder_equal_a_single_run(root, reference, tmp_pa
         )
     # Per-clip filtering: the verdicts do not depend on the pool, so the sets are equal.
     assert data_tree(out) == reference[0]
+
+
+def test_shards_filter_the_whole_job_pool_once_like_a_single_run(root, tmp_path):
+    single = tmp_path / "single"
+    run_job(options(root, single), FakePool(FakeSampler()), PoolFilter())
+    out = tmp_path / "sharded"
+    first = run_job(
+        options(root, out, shard_index=1, shard_count=2), FakePool(FakeSampler()), PoolFilter()
+    )
+    assert first.waiting_for > 0
+    assert not layout.dataset_dir(out, NAME).exists()  # nothing written before the pool is whole
+    last = run_job(
+        options(root, out, shard_index=0, shard_count=2), FakePool(FakeSampler()), PoolFilter()
+    )
+    assert last.waiting_for == 0
+    assert data_tree(out) == data_tree(single)
+    # A re-run of the first shard uses the recorded verdicts and writes nothing twice.
+    run_job(options(root, out, shard_index=1, shard_count=2), FakePool(FakeSampler()), PoolFilter())
+    assert data_tree(out) == data_tree(single)
+    names = [r["file_name"] for r in layout.read_metadata(layout.metadata_path(out, NAME, "train"))]
+    assert len(names) == len(set(names))
 
 
 def test_a_different_job_in_the_same_folder_is_refused(root, reference, tmp_path):
