@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import re
 import time
 from pathlib import Path
 
@@ -39,31 +38,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fresh", action="store_true", help="start the augmented set anew")
 
 
-_GUIDANCE = re.compile(r"guidance(?:[ _-]*scale)?\W{1,6}(\d+(?:\.\d+)?)", re.I)
-_STEPS = re.compile(
-    r"--steps[ =](\d+)|steps\W{1,6}(\d+)|(\d+)\s+(?:DDIM\s+|denoising\s+|sampling\s+)?steps",
-    re.I,
-)
-
-
 def sampling_defaults(model_dir: Path) -> tuple[int, float, str]:
-    """(steps, guidance, where they came from): from the model card, else 25 and 3.
-
-    The card's first line that names both a guidance scale and a step count (a sampling line,
-    e.g. the generator-quality command `--guidance 3 --steps 25`; training lines name no
-    guidance) gives them.
-    """
-    card = model_dir / "MODEL_CARD.md"
-    if card.is_file():
-        for line in card.read_text(errors="replace").splitlines():
-            guidance, steps = _GUIDANCE.search(line), _STEPS.search(line)
-            if guidance and steps:
-                n = int(next(g for g in steps.groups() if g))
-                g = float(guidance.group(1))
-                if 1 <= n <= 1000 and 0 < g <= 50:
-                    return n, g, f"{card}"
-        return 25, 3.0, "defaults (the model card names no sampling settings)"
-    return 25, 3.0, "defaults (no model card)"
+    """(steps, guidance, where they came from): the model repository's `sampling.json`
+    (written with the bundled weights: the settings their quality figures were measured with),
+    else 25 DDIM steps at guidance 3."""
+    path = model_dir / "sampling.json"
+    if path.is_file():
+        settings = json.loads(path.read_text())
+        return int(settings["steps"]), float(settings["guidance"]), str(path)
+    return 25, 3.0, "defaults (no sampling.json)"
 
 
 def models_fingerprint(model_dir: Path) -> str:
