@@ -30,7 +30,7 @@ from services.models.classifier import (
     VideoClassifierConfig,
 )
 from services.models.runtime import resolve_device, resolve_dtype
-from services.models.vae import SEEDED_INIT, TRAINED, downsample_factor, load_or_init_vae
+from services.models.vae import SEEDED_INIT, TRAINED, downsample_factor, load_for_inference
 
 logger = logging.getLogger(__name__)
 
@@ -87,11 +87,9 @@ class PoolScorer:
         with self._load_lock:
             if self.vae is not None:
                 return
-            vae, self.vae_weights = load_or_init_vae(
-                self.model_dir / "vae", self.vae_config, self.seed
+            self.vae, self.vae_weights = load_for_inference(
+                self.model_dir / "vae", self.device, self.dtype, self.vae_config, self.seed
             )
-            vae = vae.to(self.device).eval().requires_grad_(False)
-            self.vae = vae if self.dtype == torch.float32 else vae.to(dtype=self.dtype)
             self.classifier, self.classifier_weights = self._load_classifier()
 
     def _load_classifier(self) -> tuple[VideoClassifier, str]:

@@ -78,6 +78,21 @@ def load_vae(directory: Path) -> AutoencoderKL:
     return AutoencoderKL.from_pretrained(directory, use_safetensors=True, local_files_only=True)
 
 
+def load_for_inference(
+    directory: Path,
+    device: torch.device,
+    dtype: torch.dtype,
+    config_name: str = "small",
+    seed: int = 0,
+):
+    """A frozen eval-mode VAE on `device` in `dtype` (see `load_or_init_vae`), and provenance."""
+    vae, provenance = load_or_init_vae(directory, config_name, seed)
+    vae = vae.to(device).eval().requires_grad_(False)
+    if dtype != torch.float32:  # a separate cast: diffusers warns when to() does both at once
+        vae = vae.to(dtype=dtype)
+    return vae, provenance
+
+
 def load_or_init_vae(directory: Path, config_name: str = "small", seed: int = 0):
     """Trained weights from `directory` when present, else a seeded initialisation.
 

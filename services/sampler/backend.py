@@ -23,7 +23,7 @@ from services.models.ldm.pipeline import SOLVERS, SamplingRequest, SequenceSampl
 from services.models.ldm.serialization import load_unet
 from services.models.ldm.unet import SequenceUNet
 from services.models.runtime import resolve_device, resolve_dtype
-from services.models.vae import load_or_init_vae
+from services.models.vae import load_for_inference
 
 logger = logging.getLogger(__name__)
 
@@ -98,8 +98,7 @@ class SamplerBackend:
         empty = torch.from_numpy(self.encode_text([""], Deadline.none())[0])
         self.sampler = SequenceSampler(unet, empty, self.device, self.dtype)
         if not self.targets["codec"]:
-            vae, _ = load_or_init_vae(self.model_dir / "vae")
-            self._vae = vae.to(self.device).eval().requires_grad_(False)
+            self._vae, _ = load_for_inference(self.model_dir / "vae", self.device, self.dtype)
 
     def _connect(self) -> None:
         from clients.channel import open_channel

@@ -13,7 +13,7 @@ from services.common.deadline import Deadline
 from services.common.errors import InvalidArgument
 from services.common.slots import ComputeSlots
 from services.models.runtime import resolve_device, resolve_dtype
-from services.models.vae import downsample_factor, load_or_init_vae
+from services.models.vae import downsample_factor, load_for_inference
 
 logger = logging.getLogger(__name__)
 
@@ -52,9 +52,9 @@ class VaeCodec:
         with self._load_lock:
             if self.vae is not None:
                 return
-            vae, self.provenance = load_or_init_vae(self.weights_dir, self.config_name, self.seed)
-            vae = vae.to(self.device).eval().requires_grad_(False)
-            self.vae = vae if self.dtype == torch.float32 else vae.to(dtype=self.dtype)
+            self.vae, self.provenance = load_for_inference(
+                self.weights_dir, self.device, self.dtype, self.config_name, self.seed
+            )
 
     @property
     def factor(self) -> int:
