@@ -1,0 +1,133 @@
+"""`genaug train {vae,classifier,ldm,seq}` on a tiny phantom dataset: a few steps each, loadable
+safetensors out, resume from the checkpoint step, YAML settings overridden by flags."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from clients.cli import main as genaug
+from clients.conditions import condition_paths, save_motion
+from services.data import layout
+from services.data.phantoms import generate_phantom_dataset
+from services.models.classifier import VideoClassifier
+from services.models.ldm import identity_trajectories, load_unet
+from services.models.vae import load_vae
+
+SIZE, FRAMES = 32, 4
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    """3 classes x 2 patients of 32x32, 4-frame clips, with stand-in conditions (random prior,
+    zero motion, identity trajectories) so no MedSAM or codec work is needed."""
+    root = tmp_path_factory.mktemp("tiny")
+    generate_phantom_dataset(
+        root, size=SIZE, patients_per_class={"NOR": 2, "HCM": 2, "DCM": 2}, frames_per_clip=FRAMES
+    )
+    rng = np.random.default_rng(0)
+    traj, mask = identity_trajectories(FRAMES, SIZE // 8, SIZE // 8)
+    for split in ("train", "test"):
+        for item in layout.load_dataset(root, "Phantom", split):
+            paths = condition_paths(root, "Phantom", item.file_name)
+            field = np.zeros((FRAMES - 1, 2, SIZE, SIZE), np.float32)
+            save_motion(paths, field, traj.numpy(), mask.numpy())
+            paths.prior.parent.mkdir(parents=True, exist_ok=True)
+            np.save(paths.prior, rng.standard_normal((256, 64, 64)).astype(np.float32))
+    return root
+
+
+def _train(stage: str, dataset: Path, out: Path, *extra: str) -> int:
+    return genaug(
+        ["train", stage, "--dataset-root", str(dataset), "--out", str(out), "--no-progress",
+         "--threads", "1", "--log-every", "1", "--warmup-steps", "1", *extra]
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def trained(dataset, tmp_path_factory) -> Path:
+    runs = tmp_path_factory.mktemp("runs")
+    assert _train("vae", dataset, runs / "vae", "--steps", "2", "--batch-size", "4") == 0
+    assert _train(
+        "classifier", dataset, runs / "classifier", "--steps", "2", "--batch-size", "4",
+        "--widths", "8", "16",
+    ) == 0  # fmt: skip
+    common = ["--vae-dir", str(runs / "vae/final"), "--batch-size", "2", "--steps", "2"]
+    assert _train("ldm", dataset, runs / "ldm", *common) == 0
+    assert _train(
+        "seq", dataset, runs / "seq", *common, "--init-dir", str(runs / "ldm/final"),
+        "--classifier-dir", str(runs / "classifier/final"), "--eval-clips", "1",
+        "--eval-steps", "2", "--eval-every", "1", "--save-dtype", "float16",
+    ) == 0  # fmt: skip
+    return runs
+
+
+def test_every_stage_writes_loadable_safetensors(trained):
+    vae = load_vae(trained / "vae/final")
+    assert (trained / "vae/final/provenance.json").is_file()
+    assert vae.config.scaling_factor > 0
+    clf = VideoClassifier.from_pretrained(trained / "classifier/final")
+    assert clf.config.num_classes == 3
+    assert json.loads((trained / "classifier/final/classes.json").read_text()) == [
+        "DCM", "HCM", "NOR"
+    ]  # fmt: skip
+    ldm = load_unet(trained / "ldm/final")
+    assert not ldm.config.sequence
+    seq = load_unet(trained / "seq/final")
+    assert seq.config.sequence and seq.dtype == torch.float32
+    assert load_file(str(trained / "seq/final/model.safetensors"))["conv_in.weight"].dtype == (
+        torch.float16
+    )
+    for stage in ("vae", "classifier", "ldm", "seq"):
+        assert (trained / stage / "loss.png").is_file()
+        assert (trained / stage / "checkpoint/model.safetensors").is_file()
+        rows = (trained / stage / "loss.csv").read_text().splitlines()
+        assert rows[0].startswith("step,loss") and len(rows) == 3
+
+
+def test_seq_trains_only_the_finetuning_set_by_default(trained):
+    summary = json.loads((trained / "seq/final/training.json").read_text())
+    assert not summary["train_all"]
+    assert summary["trainable_parameters"] < summary["parameters"]
+    evals = [json.loads(line) for line in (trained / "seq/eval.jsonl").read_text().splitlines()]
+    assert evals and {"class_fidelity", "per_class", "s_per_clip"} <= set(evals[-1])
+
+
+def test_resume_continues_from_the_checkpoint_step(dataset, tmp_path):
+    out = tmp_path / "cls"
+    args = ["--batch-size", "2", "--widths", "8", "--checkpoint-every", "1"]
+    assert _train("classifier", dataset, out, "--steps", "2", *args) == 0
+    state = json.loads((out / "checkpoint/state.json").read_text())
+    assert state["step"] == 2
+    before = load_file(str(out / "checkpoint/model.safetensors"))
+    assert _train("classifier", dataset, out, "--steps", "3", *args) == 0
+    assert json.loads((out / "checkpoint/state.json").read_text())["step"] == 3
+    steps = [int(r.split(",")[0]) for r in (out / "loss.csv").read_text().splitlines()[1:]]
+    assert steps == [1, 2, 3]  # one new step, none repeated
+    after = load_file(str(out / "checkpoint/model.safetensors"))
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+
+
+def test_yaml_settings_are_overridden_by_flags(dataset, tmp_path):
+    config = tmp_path / "train.yaml"
+    config.write_text(yaml.safe_dump({"steps": 1, "lr": 0.01, "batch-size": 2, "widths": [8]}))
+    out = tmp_path / "cls"
+    assert _train("classifier", dataset, out, "--config", str(config), "--lr", "0.02") == 0
+    resolved = yaml.safe_load((out / "config.yaml").read_text())
+    assert resolved["lr"] == 0.02 and resolved["steps"] == 1 and resolved["batch_size"] == 2
+
+
+def test_decoder_only_vae_keeps_the_encoder_and_scaling(trained, dataset, tmp_path):
+    out = tmp_path / "dec"
+    base = trained / "vae/final"
+    args = ["--init-dir", str(base), "--decoder-only", "--steps", "1", "--batch-size", "2"]
+    assert _train("vae", dataset, out, *args) == 0
+    before, after = load_vae(base), load_vae(out / "final")
+    assert after.config.scaling_factor == before.config.scaling_factor
+    a, b = before.state_dict(), after.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a if k.startswith(("encoder.", "quant_conv.")))
+    assert any(not torch.equal(a[k], b[k]) for k in a if k.startswith("decoder."))
