@@ -15,23 +15,11 @@ from services.models.ldm import (
     identity_trajectories,
     make_scheduler,
 )
+from tests.unit.test_ldm_model import TINY as TINY_CONFIG
 
 H = W = 4
 F = 4
-TINY = LDMConfig(
-    sample_size=H,
-    block_out_channels=(16, 32),
-    attention_levels=(True, True),
-    layers_per_block=1,
-    num_attention_heads=2,
-    cross_attention_dim=16,
-    text_embed_dim=12,
-    num_classes=3,
-    norm_num_groups=8,
-    image_prior_channels=8,
-    image_prior_size=8,
-    motion_embed_channels=(4, 8),
-)
+TINY = LDMConfig(**TINY_CONFIG)  # the model tests' tiny configuration
 EMPTY_TEXT = torch.linspace(-1, 1, 5 * 12).reshape(5, 12)
 
 
