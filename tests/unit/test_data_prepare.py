@@ -13,12 +13,11 @@ import numpy as np
 import pydicom
 import pytest
 from pydicom.data import get_testdata_file
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from services.common.errors import InvalidArgument
 from services.data import _video, layout
 from services.data.prepare import PrepareConfig, add_arguments, prepare_dataset, run
+from tests.unit.test_data_readers import _dicom
 
 ECHO = get_testdata_file("examples_ybr_color.dcm")
 NIFTI_4D = os.path.join(nibabel.testing.data_path, "example4d.nii.gz")
@@ -163,18 +162,7 @@ def test_bad_flags_are_named(source, tmp_path, extra, field, caplog):
 
 
 def _bad_dicom(path, **attrs):
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.3.1"
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.Modality, ds.PatientID, ds.Rows, ds.Columns = "US", "MRN98765X", 16, 16
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
-    for key, value in attrs.items():
-        setattr(ds, key, value)
-    ds.save_as(path, enforce_file_format=True)
+    _dicom(path, **{"Rows": 16, "Columns": 16, **attrs})
 
 
 def _one_frame_clip(path):
