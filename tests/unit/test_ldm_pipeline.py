@@ -23,13 +23,7 @@ TINY = LDMConfig(**TINY_CONFIG)  # the model tests' tiny configuration
 EMPTY_TEXT = torch.linspace(-1, 1, 5 * 12).reshape(5, 12)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest on one thread, and the CPU is shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @functools.cache

@@ -14,13 +14,7 @@ from services.sampler.engine import ContinuousBatchingEngine
 from services.sampler.jobs import Failed, Finished, Priority, Progress
 from tests.unit.test_ldm_pipeline import request, sampler
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class CountingSampler:
