@@ -13,6 +13,9 @@ from genaug import wire
 from genaug.v1 import filter_pb2 as pb
 from genaug.v1 import filter_pb2_grpc
 
+# `band_scope` -> FilterOptions.BandScope.
+BAND_SCOPES = {"pool": pb.FilterOptions.BAND_SCOPE_POOL, "class": pb.FilterOptions.BAND_SCOPE_CLASS}
+
 
 @dataclass(frozen=True)
 class PoolClip:
@@ -50,10 +53,25 @@ class ClipVerdict:
 
 
 @dataclass(frozen=True)
+class ClassBand:
+    """The sequential band of one class (band_scope "class"); -inf/+inf when not applied."""
+
+    label: int
+    low: float
+    high: float
+    applied: bool
+    note: str = ""
+
+
+@dataclass(frozen=True)
 class FilterResult:
     verdicts: list[ClipVerdict]  # in pool order
-    vae_seq_low: float  # -inf/+inf when the sequential band was not applied
+    # The pool-wide band, always reported (applied with band_scope "pool"); -inf/+inf when the
+    # pool has too few distinct VAE-Seq values.
+    vae_seq_low: float
     vae_seq_high: float
+    # Per class label, in label order: the bands applied with band_scope "class" (else empty).
+    class_bands: tuple[ClassBand, ...] = ()
 
 
 class FilterClient:
@@ -69,15 +87,23 @@ class FilterClient:
         skip_semantic: bool = False,
         skip_sequential: bool = False,
         skip_duplicates: bool = False,
+        band_scope: str = "pool",
         timeout: float | None = None,
     ) -> FilterResult:
-        """Filter a pool; `clips` is consumed lazily (a generator keeps one clip in memory)."""
+        """Filter a pool; `clips` is consumed lazily (a generator keeps one clip in memory).
+
+        `band_scope`: "pool" (the reference) fits the sequential VAE-Seq band on the whole pool;
+        "class" fits one per class label, each clip judged against its class's band.
+        """
+        if band_scope not in BAND_SCOPES:
+            raise ValueError(f"band_scope must be one of {tuple(BAND_SCOPES)}, got {band_scope!r}")
         options = pb.FilterOptions(
             alpha=alpha,
             duplicate_threshold=duplicate_threshold,
             skip_semantic=skip_semantic,
             skip_sequential=skip_sequential,
             skip_duplicates=skip_duplicates,
+            sequential_band_scope=BAND_SCOPES[band_scope],
         )
 
         def requests() -> Iterator[pb.FilterPoolRequest]:
@@ -102,4 +128,8 @@ class FilterClient:
             ],
             float(reply.vae_seq_low),
             float(reply.vae_seq_high),
+            tuple(
+                ClassBand(int(b.label), float(b.low), float(b.high), bool(b.applied), b.note)
+                for b in reply.class_bands
+            ),
         )

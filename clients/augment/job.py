@@ -47,7 +47,7 @@ class JobResult:
     targets: dict[str, int]
     items: list[WorkItem]  # this shard's plan (the whole job's when it filtered the job)
     verdicts: dict[str, dict]
-    band: list
+    band: list  # the pool-wide VAE-Seq band [low, high] (None: infinite)
     written: dict[str, dict]
     generated_now: int = 0
     generation_seconds: float = 0.0
@@ -58,6 +58,9 @@ class JobResult:
     report_path: Path | None = None
     # Clips of other shards still missing from the shared pool (job-scope filtering waits).
     waiting_for: int = 0
+    # Per-class VAE-Seq bands ({"label", "low", "high", "applied", "note"}) when the filter
+    # fitted the sequential band per class (`--sequential-band class`); empty otherwise.
+    class_bands: list[dict] = field(default_factory=list)
 
 
 def dataset_name(root: Path, name: str | None) -> str:
@@ -106,6 +109,7 @@ def plan_job(o: AugmentOptions) -> JobPlan:
             "duplicate_threshold": o.duplicate_threshold,
             "skip": sorted(o.filter_skip),
             "scope": o.filter_scope,
+            "sequential_band": o.sequential_band,
         },
         "shard_count": o.shard_count,
         "save_npy": o.save_npy,
@@ -182,6 +186,7 @@ def run_job(o: AugmentOptions, sampler_pool=None, filter_client=None) -> JobResu
             return result
         result.verdicts = {v["id"]: v for v in state.filtered["verdicts"]}
         result.band = state.filtered.get("band", [None, None])
+        result.class_bands = state.filtered.get("class_bands") or []  # absent in older states
         kept = sum(v["keep"] for v in result.verdicts.values())
         _counts(bar, len(p.items), len(p.items), kept)
     finally:
@@ -308,7 +313,14 @@ def _filter(o: AugmentOptions, out: Path, items: list[WorkItem], client=None) ->
     timeout = max(o.deadline, 60.0 + 5.0 * len(items))
     try:
         return output.filter_pool(
-            items, out, client, o.filter_alpha, o.duplicate_threshold, o.filter_skip, timeout
+            items,
+            out,
+            client,
+            o.filter_alpha,
+            o.duplicate_threshold,
+            o.filter_skip,
+            timeout,
+            band_scope=o.sequential_band,
         )
     except GenAugError as error:
         raise JobFailed(f"filtering the pool of {len(items)} clips: {error}") from None

@@ -147,7 +147,7 @@ def check_job(out: Path, job: dict[str, Any]) -> None:
     path = state_dir(out) / "job.json"
     with OutputLock(out):
         if path.is_file():
-            existing = json.loads(path.read_text())
+            existing = _with_defaults(json.loads(path.read_text()))
             if existing != job:
                 keys = set(existing) | set(job)
                 changed = sorted(k for k in keys if existing.get(k) != job.get(k))
@@ -157,6 +157,15 @@ def check_job(out: Path, job: dict[str, Any]) -> None:
                 )
             return
         layout.atomic_write_bytes(path, (json.dumps(job, indent=2, sort_keys=True) + "\n").encode())
+
+
+def _with_defaults(job: dict[str, Any]) -> dict[str, Any]:
+    """A recorded job with the options added since it was written, at the value it ran with."""
+    job_filter = job.get("filter")
+    if isinstance(job_filter, dict) and "sequential_band" not in job_filter:
+        # Jobs recorded before --sequential-band fitted the reference's pool-wide band.
+        job = {**job, "filter": {**job_filter, "sequential_band": "pool"}}
+    return job
 
 
 class OutputLock:

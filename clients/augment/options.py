@@ -19,6 +19,7 @@ from clients.augment.references import CONDITION_KINDS
 
 FILTER_LEVELS = ("semantic", "sequential", "duplicates")
 FILTER_SCOPES = ("job", "shard")
+SEQUENTIAL_BANDS = ("pool", "class")
 TARGET_KEYS = ("per_class", "multiplier", "balance")
 
 
@@ -41,6 +42,7 @@ class AugmentOptions:
     filter_skip: list[str] = field(default_factory=list)
     no_filter: bool = False
     filter_scope: str = "job"
+    sequential_band: str = "class"
     sampler: list[str] = field(default_factory=lambda: ["127.0.0.1:50053"])
     encoder: str | None = None
     motion: str | None = None
@@ -89,6 +91,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=s,
         help="job (default): shards sharing --out filter the whole job's pool once, exactly as "
         "one run would; shard: each shard filters its own pool",
+    )
+    a(
+        "--sequential-band",
+        choices=SEQUENTIAL_BANDS,
+        default=s,
+        help="class (default): fit the sequential VAE-Seq K-means band per class, on that "
+        "class's clips; the pool-wide band of the reference can reject a whole class whose "
+        "motion differs; pool: one band over the whole pool (reproduces the reference exactly)",
     )
     a("--sampler", nargs="+", default=s, help="host:port ... or one dns:///name:port")
     a("--encoder", default=s, help="condition encoder address (else the sampler fetches)")
@@ -151,6 +161,8 @@ def validate(o: AugmentOptions) -> None:
         raise ValueError(f"--conditions must be among {CONDITION_KINDS}")
     if o.filter_scope not in FILTER_SCOPES:
         raise ValueError(f"--filter-scope must be one of {FILTER_SCOPES}")
+    if o.sequential_band not in SEQUENTIAL_BANDS:
+        raise ValueError(f"--sequential-band must be one of {SEQUENTIAL_BANDS}")
     if not set(o.filter_skip) <= set(FILTER_LEVELS):
         raise ValueError(f"--filter-skip must be among {FILTER_LEVELS}")
     if o.concurrency < 1 or o.max_attempts < 1 or o.deadline <= 0:

@@ -42,11 +42,24 @@ def filter_pool(
     duplicate_threshold: float,
     skip: Iterable[str],
     timeout: float,
+    band_scope: str = "pool",
 ) -> dict:
-    """The `filtered` manifest event for this pool (the verdicts, in pool order)."""
+    """The `filtered` manifest event for this pool (the verdicts, in pool order).
+
+    `band` is the pool-wide VAE-Seq band [low, high] (None for an infinite bound); with
+    `band_scope` "class", `class_bands` lists the per-class bands the filter judged with
+    ({"label", "low", "high", "applied", "note"}, in label order; empty with "pool"; events
+    written before the option existed have no `class_bands`).
+    """
     if client is None or not items:
         verdicts = [{"id": w.id, "keep": True, "reasons": ["note: not filtered"]} for w in items]
-        return {"event": "filtered", "filter": "none", "verdicts": verdicts, "band": [None, None]}
+        return {
+            "event": "filtered",
+            "filter": "none",
+            "verdicts": verdicts,
+            "band": [None, None],
+            "class_bands": [],
+        }
 
     def clips():
         for w in items:
@@ -60,6 +73,7 @@ def filter_pool(
         skip_semantic="semantic" in skip,
         skip_sequential="sequential" in skip,
         skip_duplicates="duplicates" in skip,
+        band_scope=band_scope,
         timeout=timeout,
     )
     verdicts = [
@@ -75,7 +89,23 @@ def filter_pool(
         for v in result.verdicts
     ]
     band = [_finite(result.vae_seq_low), _finite(result.vae_seq_high)]
-    return {"event": "filtered", "filter": "service", "verdicts": verdicts, "band": band}
+    class_bands = [
+        {
+            "label": b.label,
+            "low": _finite(b.low),
+            "high": _finite(b.high),
+            "applied": b.applied,
+            "note": b.note,
+        }
+        for b in result.class_bands
+    ]
+    return {
+        "event": "filtered",
+        "filter": "service",
+        "verdicts": verdicts,
+        "band": band,
+        "class_bands": class_bands,
+    }
 
 
 def write_kept(

@@ -2,8 +2,8 @@
 
 `<out>/report/index.html` (`<out>/report/shard-<i>-of-<n>/` for sharded jobs) shows, per class,
 real reference clips next to synthetic ones (kept, and rejected with their reason), the filter's
-statistics (the VAE-Seq band and cross-entropy) and throughput. Only the dataset's pseudonymous
-file names appear in it.
+statistics (the VAE-Seq band, or the per-class bands with `--sequential-band class`, and
+cross-entropy) and throughput. Only the dataset's pseudonymous file names appear in it.
 """
 
 from __future__ import annotations
@@ -56,7 +56,12 @@ def summary_lines(result) -> list[str]:
             f"  {cls:<12} {row['requested']:>9} {row['generated']:>9} {row['kept']:>5}  {rejected}"
         )
     low, high = result.band
-    if low is not None or high is not None:
+    class_bands = _class_bands(result)
+    if class_bands:
+        per_class = ", ".join(f"{name} {_band(b)}" for name, b in class_bands)
+        lines.append(f"  VAE-Seq keep band per class: {per_class}")
+        lines.append(f"  VAE-Seq pool-wide band [{_num(low)}, {_num(high)}] (reported only)")
+    elif low is not None or high is not None:
         lines.append(f"  VAE-Seq keep band [{_num(low)}, {_num(high)}]")
     if result.generated_now:
         rate = result.generated_now / max(result.generation_seconds, 1e-9)
@@ -74,6 +79,24 @@ def summary_lines(result) -> list[str]:
 
 def _num(value) -> str:
     return "-inf/+inf" if value is None else f"{value:.2f}"
+
+
+def _class_bands(result) -> list[tuple[str, dict]]:
+    """(class name, band) per class band of the filtered event, in label order; empty for the
+    pool-wide scope and for states written before per-class bands existed."""
+    names = list(getattr(result, "class_names", None) or [])
+    bands = sorted(getattr(result, "class_bands", None) or [], key=lambda b: b.get("label", 0))
+    out = []
+    for band in bands:
+        label = int(band.get("label", 0))
+        out.append((names[label] if 0 <= label < len(names) else f"class {label}", band))
+    return out
+
+
+def _band(band: dict) -> str:
+    if not band.get("applied", True):
+        return "not applied"
+    return f"[{_num(band.get('low'))}, {_num(band.get('high'))}]"
 
 
 def _label(image: Image.Image, text: str) -> Image.Image:
@@ -133,9 +156,17 @@ def statistics_plot(result, path: Path) -> Path | None:
         ax.hist([kept, rejected], bins=20, stacked=True, label=["kept", "rejected"])
         ax.set_title(title)
         ax.legend()
-    for bound in result.band:
+    class_bands = _class_bands(result)
+    for i, bound in enumerate(result.band):
         if bound is not None:
-            axes[0].axvline(bound, color="k", linestyle="--")
+            label = None if i else ("pool band" if class_bands else "band")
+            axes[0].axvline(bound, color="k", linestyle="--", label=label)
+    for n, (name, band) in enumerate(b for b in class_bands if b[1].get("applied", True)):
+        for i, bound in enumerate((band.get("low"), band.get("high"))):
+            if bound is not None:
+                label = None if i else f"{name} band"
+                axes[0].axvline(bound, color=f"C{n + 2}", linestyle=":", label=label)
+    axes[0].legend(fontsize="small")
     fig.tight_layout()
     layout.atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=90))
     plt.close(fig)
@@ -167,6 +198,22 @@ def write_report(result) -> Path:
         if w.id in result.verdicts and not result.verdicts[w.id]["keep"]
     )
     text = "<br>".join(e(line) for line in summary_lines(result))
+    class_bands = _class_bands(result)
+    if class_bands:
+        band_rows = "".join(
+            f"<tr><td>{e(name)}</td><td>{int(b.get('label', 0))}</td><td>{_num(b.get('low'))}</td>"
+            f"<td>{_num(b.get('high'))}</td><td>{'yes' if b.get('applied', True) else 'no'}</td>"
+            f"<td>{e(b.get('note') or '')}</td></tr>"
+            for name, b in class_bands
+        )
+        bands = (
+            f"<p>VAE-Seq keep band per class (each clip judged against its class's band); "
+            f"pool-wide band, reported only: [{_num(result.band[0])}, {_num(result.band[1])}]</p>"
+            "<table><tr><th>class</th><th>label</th><th>low</th><th>high</th><th>applied</th>"
+            f"<th>note</th></tr>{band_rows}</table>"
+        )
+    else:
+        bands = f"<p>VAE-Seq keep band: [{_num(result.band[0])}, {_num(result.band[1])}]</p>"
     page = f"""<!doctype html><html><head><meta charset="utf-8">
 <title>Ctrl-GenAug augmentation: {e(result.name)}</title>
 <style>body{{font-family:sans-serif;margin:2em}}td,th{{border:1px solid #ccc;padding:3px 8px}}
@@ -177,7 +224,7 @@ table{{border-collapse:collapse}}</style></head><body>
 <th>rejected by level</th></tr>{table}</table>
 <h2>Real vs synthetic</h2><img src="contact_sheet.png" alt="contact sheet">
 <h2>Filter statistics</h2>
-<p>VAE-Seq keep band: [{_num(result.band[0])}, {_num(result.band[1])}]</p>
+{bands}
 {'<img src="filter_statistics.png" alt="filter statistics">' if stats else "<p>not filtered</p>"}
 <h2>Rejected clips</h2><table><tr><th>clip</th><th>source clip</th><th>reasons</th></tr>
 {rejected or '<tr><td colspan="3">none</td></tr>'}</table>

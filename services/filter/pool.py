@@ -9,14 +9,22 @@ per-frame latent vectors. The levels, in the order a clip is rejected by the fir
    inside [low, high]. Above is a near-static clip, below an incoherent one. A pool with fewer
    than k distinct values cannot be clustered: the band is not applied and every verdict carries
    a `note:` saying so (with exactly k distinct values each point is its own centroid, so the
-   lowest and the highest clip are rejected: the rule as the reference defines it);
+   lowest and the highest clip are rejected: the rule as the reference defines it).
+   That pool-wide band is the reference (`band_scope="pool"`). In a small pool mixing classes, a
+   class whose motion differs (e.g. stronger contraction, so lower VAE-Seq) can fall below it
+   as a whole; with `band_scope="class"` the same K-means band is fitted per class label on that
+   class's clips only, and each clip is judged against its class's band (a class with fewer than
+   k distinct values gets no band, and the `note:` goes to that class's verdicts only). The
+   pool-wide band is fitted and reported in both scopes;
 3. duplicate: within a case, in pool order, a clip that survived 1 and 2 is kept unless the mean
    per-frame cosine similarity of its latents to an already kept clip is >= the threshold (0.98;
    the reference compared against 98, which never fires).
 
 Reasons are `<level>: <detail>` strings (level = semantic, sequential, duplicate); the first one
-of a rejected clip is why it was rejected. `note: <detail>` entries are informational. Skipping a
-level only stops it rejecting: every score is still computed and reported.
+of a rejected clip is why it was rejected (a sequential reason names its band: `band [...]` for
+the pool-wide one, `class <label> band [...]` for a class's). `note: <detail>` entries are
+informational. Skipping a level only stops it rejecting: every score is still computed and
+reported.
 """
 
 from __future__ import annotations
@@ -32,6 +40,7 @@ K = 4
 KMEANS_SEED = 3407
 DEFAULT_ALPHA = 1.0
 DEFAULT_DUPLICATE_THRESHOLD = 0.98
+BAND_SCOPES = ("pool", "class")
 _NORM_FLOOR = 1e-12
 
 
@@ -74,6 +83,8 @@ class PoolOptions:
             near-duplicate of an earlier kept clip of its case.
         semantic, sequential, duplicates: Whether each level may reject.
         k, seed: The K-means of the sequential band.
+        band_scope: "pool" (the reference): one sequential band over the whole pool; "class":
+            one band per class label, fitted on that class's clips.
     """
 
     alpha: float = DEFAULT_ALPHA
@@ -83,6 +94,11 @@ class PoolOptions:
     duplicates: bool = True
     k: int = K
     seed: int = KMEANS_SEED
+    band_scope: str = "pool"
+
+    def __post_init__(self) -> None:
+        if self.band_scope not in BAND_SCOPES:
+            raise ValueError(f"band_scope must be one of {BAND_SCOPES}, got {self.band_scope!r}")
 
 
 @dataclass
@@ -91,6 +107,7 @@ class ClipScores:
 
     Attributes:
         vectors: (T, D) unit per-frame latent vectors (`frame_vectors`).
+        label: The class the clip was generated for (groups the per-class sequential bands).
     """
 
     clip_id: str
@@ -98,6 +115,7 @@ class ClipScores:
     cross_entropy: float
     vae_seq: float
     vectors: np.ndarray
+    label: int = 0
 
 
 @dataclass
@@ -137,22 +155,35 @@ class Band:
 
 @dataclass
 class PoolResult:
+    """Verdicts in pool order and the bands behind them.
+
+    Attributes:
+        band: The pool-wide sequential band (always fitted; applied with band_scope "pool").
+        class_bands: Label -> that class's band, in label order (band_scope "class" only;
+            empty otherwise).
+    """
+
     verdicts: list[Verdict]
     band: Band
     case_mean_cross_entropy: dict[str, float]
+    class_bands: dict[int, Band] = field(default_factory=dict)
 
 
-def vae_seq_band(values: Sequence[float], k: int = K, seed: int = KMEANS_SEED) -> Band:
-    """1-D K-means band over a pool's VAE-Seq values (see the module docstring)."""
+def vae_seq_band(
+    values: Sequence[float], k: int = K, seed: int = KMEANS_SEED, label: int | None = None
+) -> Band:
+    """1-D K-means band over VAE-Seq values: the pool's, or class `label`'s (see the module
+    docstring)."""
     values = np.asarray(values, np.float64).reshape(-1, 1)
     distinct = int(np.unique(values).size)
     if distinct < k:
+        which, where = ("", "the pool") if label is None else (f" of class {label}", "the class")
         return Band(
             -math.inf,
             math.inf,
             False,
-            note=f"note: sequential band not applied: {distinct} distinct vae_seq value(s) in "
-            f"the pool, K-means needs at least k={k}",
+            note=f"note: sequential band{which} not applied: {distinct} distinct vae_seq "
+            f"value(s) in {where}, K-means needs at least k={k}",
         )
     kmeans = KMeans(n_clusters=k, random_state=seed, n_init=10).fit(values)
     c = np.sort(kmeans.cluster_centers_.ravel())
@@ -195,27 +226,39 @@ def filter_pool(clips: Sequence[ClipScores], options: PoolOptions | None = None)
                     f"{_fmt(mean)}",
                 )
 
-    # 2. Sequential: the band is fitted on the whole pool, whatever the other levels say.
+    # 2. Sequential: the bands are fitted on every clip of the pool (or of the class), whatever
+    # the other levels say. The pool-wide band is always fitted and reported.
     band = vae_seq_band([c.vae_seq for c in clips], opts.k, opts.seed)
+    class_bands: dict[int, Band] = {}
+    if opts.band_scope == "class":
+        by_label: dict[int, list[int]] = {}
+        for i, c in enumerate(clips):
+            by_label.setdefault(int(c.label), []).append(i)
+        for label in sorted(by_label):
+            values = [clips[i].vae_seq for i in by_label[label]]
+            class_bands[label] = vae_seq_band(values, opts.k, opts.seed, label)
+        groups = [(by_label[b], class_bands[b], f"class {b} band") for b in sorted(by_label)]
+    else:
+        groups = [(range(len(clips)), band, "band")]
     if opts.sequential:
-        if band.applied:
-            where = f"band [{band.low:.1f}, {band.high:.1f}]"
-            for i, c in enumerate(clips):
-                if c.vae_seq > band.high:
+        for members, group_band, name in groups:
+            if not group_band.applied:
+                for i in members:
+                    verdicts[i].reasons.append(group_band.note)
+                continue
+            where = f"{name} [{group_band.low:.1f}, {group_band.high:.1f}]"
+            for i in members:
+                value = clips[i].vae_seq
+                if value > group_band.high:
+                    reject(
+                        i, "sequential", f"sequential: vae_seq {value:.1f} above {where} (static)"
+                    )
+                elif value < group_band.low:
                     reject(
                         i,
                         "sequential",
-                        f"sequential: vae_seq {c.vae_seq:.1f} above {where} (static)",
+                        f"sequential: vae_seq {value:.1f} below {where} (incoherent)",
                     )
-                elif c.vae_seq < band.low:
-                    reject(
-                        i,
-                        "sequential",
-                        f"sequential: vae_seq {c.vae_seq:.1f} below {where} (incoherent)",
-                    )
-        else:
-            for v in verdicts:
-                v.reasons.append(band.note)
 
     # 3. Near-duplicates within each case, greedy in pool order against the kept clips.
     for members in by_case.values():
@@ -240,4 +283,4 @@ def filter_pool(clips: Sequence[ClipScores], options: PoolOptions | None = None)
                 verdicts[i].duplicate_of = other
             else:
                 kept.append(i)
-    return PoolResult(verdicts, band, case_mean)
+    return PoolResult(verdicts, band, case_mean, class_bands)

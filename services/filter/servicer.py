@@ -17,6 +17,9 @@ from services.common.errors import InvalidArgument
 from services.filter import pool
 from services.filter.scorer import PoolScorer
 
+# FilterOptions.BandScope -> PoolOptions.band_scope.
+BAND_SCOPES = {pb.FilterOptions.BAND_SCOPE_POOL: "pool", pb.FilterOptions.BAND_SCOPE_CLASS: "class"}
+
 
 def options_from_proto(message: pb.FilterOptions) -> pool.PoolOptions:
     """FilterOptions -> PoolOptions; 0 (unset) means the default, out-of-range is an error."""
@@ -31,12 +34,20 @@ def options_from_proto(message: pb.FilterOptions) -> pool.PoolOptions:
             f"is {threshold}; expected a cosine similarity in (0, 1] (0 means "
             f"{pool.DEFAULT_DUPLICATE_THRESHOLD})",
         )
+    scope = BAND_SCOPES.get(message.sequential_band_scope)
+    if scope is None:
+        raise InvalidArgument(
+            "options.sequential_band_scope",
+            f"is {message.sequential_band_scope}; expected BAND_SCOPE_POOL (0) or "
+            "BAND_SCOPE_CLASS (1)",
+        )
     return pool.PoolOptions(
         alpha=alpha or pool.DEFAULT_ALPHA,
         duplicate_threshold=threshold or pool.DEFAULT_DUPLICATE_THRESHOLD,
         semantic=not message.skip_semantic,
         sequential=not message.skip_sequential,
         duplicates=not message.skip_duplicates,
+        band_scope=scope,
     )
 
 
@@ -79,7 +90,12 @@ class FilterServicer(filter_pb2_grpc.FilterServicer):
             ce = pool.cross_entropy(result.logits[None], [clip_msg.label])[0]
             scores.append(
                 pool.ClipScores(
-                    clip_msg.clip_id, clip_msg.case_id, float(ce), result.vae_seq, result.vectors
+                    clip_msg.clip_id,
+                    clip_msg.case_id,
+                    float(ce),
+                    result.vae_seq,
+                    result.vectors,
+                    label=int(clip_msg.label),
                 )
             )
             first_index[clip_msg.clip_id] = i
@@ -130,4 +146,8 @@ def _response(outcome: pool.PoolResult) -> pb.FilterPoolResponse:
         ],
         vae_seq_low=outcome.band.low,
         vae_seq_high=outcome.band.high,
+        class_bands=[
+            pb.ClassBand(label=label, low=b.low, high=b.high, applied=b.applied, note=b.note)
+            for label, b in outcome.class_bands.items()
+        ],
     )

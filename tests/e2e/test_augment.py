@@ -156,7 +156,9 @@ def test_two_shards_into_one_folder_equal_a_single_run(cluster, data, tmp_path):
     main, _ = cluster
     t = main.targets()
     # Every filter level on: the shard that completes the shared pool filters the whole job.
-    extra = {"filter": t["filter"], "sampler": [t["sampler"]]}
+    # The pool-wide VAE-Seq band (with PER_CLASS clips per class, per-class bands would not
+    # apply) is the one that depends on the whole pool.
+    extra = {"filter": t["filter"], "sampler": [t["sampler"]], "sequential_band": "pool"}
     single, sharded = tmp_path / "single", tmp_path / "sharded"
     # One after another: equal bytes need the same batch composition on the sampler (CFG rows
     # batched with other requests differ by ~1e-5, which can move a uint8 pixel by one level).

@@ -11,6 +11,7 @@ import torch
 import tritonclient.grpc as triton
 
 from clients.channel import ChannelSettings, open_channel
+from clients.filter import ClassBand, FilterClient, PoolClip
 from clients.health import check
 from genaug import wire
 from genaug.v1 import filter_pb2 as pb
@@ -153,6 +154,42 @@ def test_a_small_pool_says_the_band_was_not_applied(stub):
         assert v.keep and v.reasons[0].startswith("note: sequential band not applied: 3 distinct")
 
 
+def test_class_scope_fits_and_reports_one_band_per_class(stub, pool_reply):
+    options = pb.FilterOptions(sequential_band_scope=pb.FilterOptions.BAND_SCOPE_CLASS)
+    reply = stub[0].FilterPool(_requests(_pool(), options), timeout=60)
+    # The pool-wide band is still fitted and reported, as with the default (pool) scope.
+    pool_band = (pool_reply.vae_seq_low, pool_reply.vae_seq_high)
+    assert (reply.vae_seq_low, reply.vae_seq_high) == pool_band
+    assert [b.label for b in reply.class_bands] == [0, 1]
+    zero, one = reply.class_bands
+    assert zero.applied and 0 < zero.low < zero.high < 100 and zero.note == ""
+    # Class 1 is the single wrong-class clip: too few distinct values, no band, a note.
+    assert not one.applied and (one.low, one.high) == (-math.inf, math.inf)
+    assert one.note.startswith("note: sequential band of class 1 not applied: 1 distinct")
+    verdicts = {v.clip_id: v for v in reply.verdicts}
+    static, noise = verdicts["a-static"], verdicts["a-noise"]
+    assert not static.keep and static.reasons[0].startswith("sequential: vae_seq 100.0 above class")
+    assert f"above class 0 band [{zero.low:.1f}, {zero.high:.1f}] (static)" in static.reasons[0]
+    assert not noise.keep and noise.vae_seq < zero.low
+    assert " below class 0 band [" in noise.reasons[0] and "(incoherent)" in noise.reasons[0]
+    wrong = verdicts["a-wrong-class"]
+    assert not wrong.keep and wrong.reasons[0].startswith("semantic:")
+    assert list(wrong.reasons[1:]) == [one.note]
+    for clip_id in ("a-good0", "a-good1", "a-good3", "b-good4", "b-good5"):
+        v = verdicts[clip_id]
+        assert v.keep and list(v.reasons) == [] and zero.low <= v.vae_seq <= zero.high, v
+
+    # The typed client sets the same option from band_scope="class" and returns the bands.
+    clips = [PoolClip(*c) for c in _pool()]
+    result = FilterClient(stub[1]).filter_pool(clips, band_scope="class", timeout=60)
+    assert result.class_bands == (
+        ClassBand(0, zero.low, zero.high, True, ""),
+        ClassBand(1, -math.inf, math.inf, False, one.note),
+    )
+    assert [v.keep for v in result.verdicts] == [v.keep for v in reply.verdicts]
+    assert FilterClient(stub[1]).filter_pool(clips[:3], timeout=60).class_bands == ()
+
+
 def _clip_request(clip_id="x", case_id="c", label=0, clip=None):
     message = pb.PoolClip(clip_id=clip_id, case_id=case_id, label=label)
     wire.to_proto(_moving(0, 1, 3, 4) if clip is None else clip, message.clip)
@@ -175,6 +212,10 @@ GOOD = _clip_request()
             "options.duplicate_threshold: is 98.0",
         ),
         ([pb.FilterPoolRequest(options=pb.FilterOptions(alpha=-1))], "options.alpha"),
+        (
+            [pb.FilterPoolRequest(options=pb.FilterOptions(sequential_band_scope=7)), GOOD],
+            "options.sequential_band_scope: is 7",
+        ),
         ([OPTIONS, GOOD, _clip_request("x")], "clips[1].clip_id: 'x' was already used"),
         ([OPTIONS, _clip_request(clip_id="")], "clips[0].clip_id: is empty"),
         ([OPTIONS, _clip_request(case_id="")], "clips[0].case_id: is empty"),
@@ -208,6 +249,7 @@ GOOD = _clip_request()
         "late-options",
         "threshold-98",
         "negative-alpha",
+        "band-scope-7",
         "same-id",
         "no-id",
         "no-case",

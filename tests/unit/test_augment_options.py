@@ -50,6 +50,34 @@ def test_invalid_options_are_refused(tmp_path):
         _parse(["--per-class", "1", "--balance"])
 
 
+def test_sequential_band_defaults_to_class_and_the_flag_or_yaml_picks_pool(tmp_path):
+    base = ["--dataset-root", "d", "--out", "o", "--per-class", "2"]
+    assert resolve(_parse(base), env={}).sequential_band == "class"
+    assert resolve(_parse([*base, "--sequential-band", "pool"]), env={}).sequential_band == "pool"
+    config = tmp_path / "job.yaml"
+    config.write_text("sequential-band: pool\n")
+    from_yaml = resolve(_parse([*base, "--config", str(config)]), env={})
+    assert from_yaml.sequential_band == "pool"
+    flag_wins = [*base, "--config", str(config), "--sequential-band", "class"]
+    assert resolve(_parse(flag_wins), env={}).sequential_band == "class"
+    with pytest.raises(SystemExit):
+        _parse([*base, "--sequential-band", "case"])
+    config.write_text("sequential_band: case\n")
+    with pytest.raises(ValueError, match="--sequential-band must be one of"):
+        resolve(_parse([*base, "--config", str(config)]), env={})
+
+
+def test_sequential_band_help_says_what_each_choice_does(capsys):
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--sequential-band {pool,class}" in text
+    assert "reject a whole class whose motion differs" in text
+    assert "reproduces the reference exactly" in text
+
+
 class _Client:
     def __init__(self, outcomes):
         self.outcomes = list(outcomes)

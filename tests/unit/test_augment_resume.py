@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +22,8 @@ from clients.augment.manifest import (
     save_pool,
     state_dir,
 )
+from clients.augment.report import summary_lines
+from clients.filter import ClassBand
 from services.data import layout
 from tests.unit.augment_support import (
     NAME,
@@ -252,3 +256,99 @@ def test_relative_paths_reference_frames_and_report(tmp_path, monkeypatch):
     for item in layout.load_dataset("out", NAME, "train"):
         npy = np.load(item.path.with_name(item.extra["npy_file"]))
         assert npy.shape == (8, 1, 16, 16) and npy.dtype == np.float32
+
+
+class _BandFilter(FakeFilter):
+    """FakeFilter that reports per-class bands when asked to fit them (class 2 gets none)."""
+
+    NOTE = "note: sequential band of class 2 not applied: 2 distinct vae_seq value(s) in the class"
+
+    def filter_pool(self, clips, **kwargs):
+        clips = list(clips)
+        self.kwargs = kwargs
+        result = super().filter_pool(clips, **kwargs)
+        if kwargs.get("band_scope") != "class":
+            return result
+        bands = tuple(
+            ClassBand(2, -math.inf, math.inf, False, self.NOTE)
+            if label == 2
+            else ClassBand(label, 40.0 + label, 60.0 + label, True)
+            for label in sorted({c.label for c in clips})
+        )
+        return dataclasses.replace(result, vae_seq_low=45.0, vae_seq_high=55.0, class_bands=bands)
+
+
+def _filtered_event(out):
+    return next(r for r in read_records(manifest_path(out, 0, 1)) if r["event"] == "filtered")
+
+
+def test_per_class_bands_are_asked_for_recorded_and_reported(root, tmp_path):
+    out = tmp_path / "out"
+    filter_ = _BandFilter()
+    result = run_job(options(root, out, report=True), FakePool(FakeSampler()), filter_)
+    assert filter_.kwargs["band_scope"] == "class"  # the default of `genaug augment`
+    expected = [
+        {"label": 0, "low": 40.0, "high": 60.0, "applied": True, "note": ""},
+        {"label": 1, "low": 41.0, "high": 61.0, "applied": True, "note": ""},
+        {"label": 2, "low": None, "high": None, "applied": False, "note": _BandFilter.NOTE},
+    ]
+    assert result.class_bands == expected and result.band == [45.0, 55.0]
+    event = _filtered_event(out)
+    assert event["class_bands"] == expected and event["band"] == [45.0, 55.0]
+    job = json.loads((state_dir(out) / "job.json").read_text())
+    assert job["filter"]["sequential_band"] == "class"
+
+    lines = summary_lines(result)
+    per_class = "  VAE-Seq keep band per class: A [40.00, 60.00], B [41.00, 61.00], C not applied"
+    assert per_class in lines
+    assert "  VAE-Seq pool-wide band [45.00, 55.00] (reported only)" in lines
+    html = result.report_path.read_text()
+    assert "VAE-Seq keep band per class" in html and "pool-wide band, reported only" in html
+    assert "<tr><td>B</td><td>1</td><td>41.00</td><td>61.00</td><td>yes</td>" in html
+    assert "<tr><td>C</td><td>2</td><td>-inf/+inf</td><td>-inf/+inf</td><td>no</td>" in html
+    assert "not applied: 2 distinct" in html
+
+    # The band scope is part of the job: the other one in the same folder is refused.
+    with pytest.raises(ValueError, match="changed: filter"):
+        run_job(options(root, out, sequential_band="pool"), FakePool(FakeSampler()), filter_)
+
+
+def test_pool_scope_asks_for_the_reference_band_and_reports_it_alone(root, tmp_path):
+    out = tmp_path / "out"
+    filter_ = _BandFilter()
+    o = options(root, out, report=True, sequential_band="pool")
+    result = run_job(o, FakePool(FakeSampler()), filter_)
+    assert filter_.kwargs["band_scope"] == "pool"
+    assert result.class_bands == [] and _filtered_event(out)["class_bands"] == []
+    assert not any("per class" in line for line in summary_lines(result))
+    html = result.report_path.read_text()
+    assert "<p>VAE-Seq keep band: [-inf/+inf, -inf/+inf]</p>" in html
+    assert "per class" not in html
+
+
+def test_a_job_recorded_before_per_class_bands_still_loads(root, tmp_path):
+    out = tmp_path / "out"
+    o = options(root, out, sequential_band="pool")
+    first = run_job(o, FakePool(FakeSampler()), FakeFilter())
+    # Rewrite the state as it was written before the option existed: no `sequential_band` in
+    # job.json, no `class_bands` in the filtered event.
+    job_path = state_dir(out) / "job.json"
+    job = json.loads(job_path.read_text())
+    del job["filter"]["sequential_band"]
+    job_path.write_text(json.dumps(job, indent=2, sort_keys=True) + "\n")
+    path = manifest_path(out, 0, 1)
+    records = read_records(path)
+    for record in records:
+        record.pop("class_bands", None)
+    path.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
+
+    again = FakeFilter()
+    result = run_job(
+        options(root, out, sequential_band="pool", report=True), FakePool(FakeSampler()), again
+    )
+    assert again.calls == 0 and result.verdicts == first.verdicts  # the recorded verdicts
+    assert result.class_bands == [] and result.band == [None, None]
+    assert "<p>VAE-Seq keep band: [" in result.report_path.read_text()
+    # Such a job ran with the pool-wide band: the new default (class) is a different job.
+    with pytest.raises(ValueError, match="changed: filter"):
+        run_job(options(root, out), FakePool(FakeSampler()), FakeFilter())

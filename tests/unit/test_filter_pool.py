@@ -179,3 +179,100 @@ def test_scores_match_their_definitions():
     assert pool.vae_seq(pool.frame_vectors(a)) == pytest.approx(100 * np.mean(cos))
     b = pool.frame_vectors(np.array([[0.0, 3.0], [1.0, 1.0], [0.0, 0.0]]))
     assert pool.clip_similarity(pool.frame_vectors(a), b) == pytest.approx((0 + 1 + 0) / 3)
+
+
+# Two classes whose motion differs: class 1 (say stronger contraction) sits well below class 0.
+# Each has one low and one high outlier of its own.
+CLASS_1 = [50.0, 55.0, 56.0, 57.0, 58.0, 59.0, 60.0, 65.0]
+CLASS_0 = [75.0, 80.0, 82.0, 84.0, 86.0, 88.0, 90.0, 99.0]
+
+
+def _scored(clip_id: str, label: int, value: float, rng) -> ClipScores:
+    """A clip with a given VAE-Seq, an equal cross-entropy and unrelated latents (no duplicates)."""
+    vectors = pool.frame_vectors(rng.normal(size=(T, D)))
+    return ClipScores(clip_id, f"case-{label}", 0.1, value, vectors, label=label)
+
+
+def _two_classes(extra=()) -> list[ClipScores]:
+    rng = np.random.default_rng(5)
+    values = [(f"c1-{v:g}", 1, v) for v in CLASS_1] + [(f"c0-{v:g}", 0, v) for v in CLASS_0]
+    values += list(extra)
+    order = rng.permutation(len(values))  # classes interleaved in the pool
+    return [_scored(*values[i], rng) for i in order]
+
+
+def test_the_pool_band_rejects_a_whole_class_whose_motion_differs():
+    clips = _two_classes()
+    result = filter_pool(clips)  # the reference: one band over the pool
+    assert result.class_bands == {}
+    assert result.band.applied and result.band.low > max(CLASS_1)
+    for c, v in zip(clips, result.verdicts, strict=True):
+        if c.label == 1:
+            assert not v.keep and v.rejected_by == "sequential", v
+            assert v.reasons[0].endswith("(incoherent)") and " below band [" in v.reasons[0]
+
+
+def test_class_bands_judge_each_clip_against_its_own_class():
+    clips = _two_classes()
+    result = filter_pool(clips, PoolOptions(band_scope="class"))
+    assert sorted(result.class_bands) == [0, 1]
+    one, zero = result.class_bands[1], result.class_bands[0]
+    assert one.applied and zero.applied
+    assert (one.low, one.high) == pytest.approx((53.0, 62.0))  # midpoints of 50|56, 59|65
+    assert (zero.low, zero.high) == pytest.approx((78.5, 93.5))
+    # The pool-wide band is still fitted and reported, unchanged by the scope.
+    reference = filter_pool(clips).band
+    assert (result.band.low, result.band.high) == (reference.low, reference.high)
+
+    by_id = {v.clip_id: v for v in result.verdicts}
+    for value in CLASS_1[1:-1]:  # the middle of class 1: kept under its own band
+        v = by_id[f"c1-{value:g}"]
+        assert v.keep and v.reasons == [] and v.rejected_by is None, v
+    for value in CLASS_0[1:-1]:
+        assert by_id[f"c0-{value:g}"].keep
+    # Outliers within each class are still rejected, and the reason names the class's band.
+    low1, high1 = by_id["c1-50"], by_id["c1-65"]
+    assert not low1.keep and low1.rejected_by == "sequential"
+    assert low1.reasons == ["sequential: vae_seq 50.0 below class 1 band [53.0, 62.0] (incoherent)"]
+    assert not high1.keep and high1.reasons[0].endswith("above class 1 band [53.0, 62.0] (static)")
+    low0 = by_id["c0-75"]
+    assert not low0.keep and "below class 0 band [78.5, 93.5]" in low0.reasons[0]
+    assert not by_id["c0-99"].keep and by_id["c0-99"].reasons[0].endswith("(static)")
+    assert sum(v.keep for v in result.verdicts) == len(clips) - 4
+
+
+def test_class_scope_with_one_class_equals_the_pool_band(pool_clips):
+    by_pool = filter_pool(pool_clips)
+    by_class = filter_pool(pool_clips, PoolOptions(band_scope="class"))
+    band = by_class.class_bands[0]
+    assert list(by_class.class_bands) == [0]
+    assert (band.low, band.high) == (by_pool.band.low, by_pool.band.high)
+    assert [v.keep for v in by_class.verdicts] == [v.keep for v in by_pool.verdicts]
+    assert [v.rejected_by for v in by_class.verdicts] == [v.rejected_by for v in by_pool.verdicts]
+
+
+def test_a_class_with_too_few_distinct_values_gets_no_band():
+    small = [("c2-a", 2, 70.0), ("c2-b", 2, 70.0), ("c2-c", 2, 71.0)]
+    clips = _two_classes(small)
+    result = filter_pool(clips, PoolOptions(band_scope="class"))
+    band = result.class_bands[2]
+    assert not band.applied and (band.low, band.high) == (-math.inf, math.inf)
+    assert band.note == (
+        "note: sequential band of class 2 not applied: 2 distinct vae_seq value(s) in the class, "
+        "K-means needs at least k=4"
+    )
+    assert result.class_bands[0].applied and result.class_bands[1].applied
+    for c, v in zip(clips, result.verdicts, strict=True):
+        if c.label == 2:
+            assert v.keep and v.reasons == [band.note], v  # kept, the note says why
+        else:
+            assert band.note not in v.reasons and not any(r.startswith("note:") for r in v.reasons)
+    # Skipping the sequential level: bands still fitted and reported, no notes, no rejections.
+    skipped = filter_pool(clips, PoolOptions(band_scope="class", sequential=False))
+    assert sorted(skipped.class_bands) == [0, 1, 2] and skipped.class_bands[1].applied
+    assert all(v.keep and v.reasons == [] for v in skipped.verdicts)
+
+
+def test_an_unknown_band_scope_is_refused():
+    with pytest.raises(ValueError, match=r"band_scope must be one of \('pool', 'class'\)"):
+        PoolOptions(band_scope="case")
