@@ -42,7 +42,7 @@ logger = logging.getLogger(__name__)
 PHANTOM_NAME = "Phantom"
 PHANTOM_SEED = 33
 GENERATOR = "cardiac-cine-phantom"
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 PATIENTS_PER_CLASS = {"NOR": 39, "HCM": 39, "DCM": 13}
 """Default patients per class; DCM is the minority (1/3 of the others)."""
 
@@ -173,11 +173,13 @@ def render_sequence(attrs: PhantomAttributes, size: int = 64) -> np.ndarray:
         + myocardium * myo_level
         + outside_cavity * (1.0 - inside_epi) * (tissue_level + 0.25 * pericardium)
     )
-    speckle = 0.65 * _speckle(rng, (size, size), 0.8 * k) + 0.35 * _speckle(
-        rng, (attrs.n_frames, size, size), 0.8 * k
+    # Speckle at the resolution cell of a low-frequency probe (grains of about 5 px at 64 px),
+    # mostly fixed per patient with a small per-frame part, at 40% depth of modulation.
+    speckle = 0.9 * _speckle(rng, (size, size), 2.5 * k) + 0.1 * _speckle(
+        rng, (attrs.n_frames, size, size), 2.5 * k
     )
-    image = image * speckle * (1.0 - 0.35 * yy / size)
-    image = image + rng.normal(0.0, 0.02, image.shape).astype(np.float32)
+    image = image * (0.6 + 0.4 * speckle) * (1.0 - 0.35 * yy / size)
+    image = image + rng.normal(0.0, 0.01, image.shape).astype(np.float32)
     # Ultrasound fan: apex above the top edge, +-42 degrees around the vertical.
     ax, ay = size * 0.5, -0.12 * size
     fan_angle = np.abs(np.arctan2(xx - ax, yy - ay))
