@@ -29,7 +29,7 @@ class VaeCodecClient:
 
     @translate_errors
     def decode(self, latents: np.ndarray, timeout: float | None = None) -> np.ndarray:
-        """Scaled latents float32 (T,4,h,w) -> frames float32 (T,1,8h,8w) in [-1,1]."""
+        """Scaled latents float32 (T,C,h,w) -> frames float32 (T,1,8h,8w) in [-1,1]."""
         latents = np.asarray(latents, dtype=np.float32)
         if latents.nbytes * 16 > STREAM_THRESHOLD_BYTES:  # the reply is 16x larger
             replies = self._stub.DecodeStream(wire.iter_chunks("latents", latents), timeout=timeout)

@@ -18,7 +18,7 @@ from genaug.v1 import sampler_pb2_grpc
 @dataclass(frozen=True)
 class GeneratedClip:
     request_id: str
-    latents: np.ndarray  # float32 (T,4,h,w), scaled
+    latents: np.ndarray  # float32 (T,C,h,w), scaled
     frames: np.ndarray | None  # float32 (T,1,H,W) in [-1,1] when decoding was asked for
     seconds: float
 

@@ -14,8 +14,11 @@ import grpc
 from genaug import wire
 from genaug.v1 import tensor_pb2
 from services.common.server import TypedService
+from services.models.vae import VAE_CONFIGS
 
 ECHO_SERVICE = "genaug.test.Echo"
+SMALL_LATENT_CHANNELS = VAE_CONFIGS["small"]["latent_channels"]
+"""Latent channels of the seeded small VAE that services load without trained weights."""
 
 
 def free_port() -> int:

@@ -48,7 +48,7 @@ def manifest_path(out: Path, shard_index: int, shard_count: int) -> Path:
 
 
 def save_pool(path: Path, latents: np.ndarray, frames: np.ndarray) -> None:
-    """Atomically write a generated clip: latents (T,4,h,w), frames (T,1,H,W) float32."""
+    """Atomically write a generated clip: latents (T,C,h,w), frames (T,1,H,W) float32."""
     layout.save_npz(path, latents=np.asarray(latents), frames=np.asarray(frames))
 
 

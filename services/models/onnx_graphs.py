@@ -2,9 +2,9 @@
 
 What each exported graph computes, with a dynamic frame axis N (and dynamic H, W for the VAE):
 
-- `vae_encode`: `frames` FP32 (N,1,H,W) in [-1,1] -> `latents` FP32 (N,4,H/8,W/8), the latent
+- `vae_encode`: `frames` FP32 (N,1,H,W) in [-1,1] -> `latents` FP32 (N,C,H/8,W/8), the latent
   mean times the scaling factor (`VaeCodec.encode`);
-- `vae_decode`: scaled `latents` FP32 (N,4,h,w) -> `frames` FP32 (N,1,8h,8w) clamped to [-1,1]
+- `vae_decode`: scaled `latents` FP32 (N,C,h,w) -> `frames` FP32 (N,1,8h,8w) clamped to [-1,1]
   (`VaeCodec.decode`);
 - `image_prior`: preprocessed `frames` FP32 (N,3,256,256) -> `prior` FP32 (N,256,64,64)
   (`TinyViT.forward`).

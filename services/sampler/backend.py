@@ -238,7 +238,7 @@ class SamplerBackend:
 
     # -- decoding -----------------------------------------------------------------------------
     def decode(self, latents: np.ndarray, deadline: Deadline) -> np.ndarray:
-        """Scaled latents (T,4,h,w) -> frames (T,1,H,W) in [-1,1]."""
+        """Scaled latents (T,C,h,w) -> frames (T,1,H,W) in [-1,1]."""
         client = self._clients.get("codec")
         if client is not None:
             return client.decode(latents, timeout=deadline.downstream_timeout(default=120))

@@ -16,6 +16,13 @@ class _CodecModel(Model):
 
     def load(self) -> None:
         self.codec.load()
+        self._declare_latents(
+            TensorSpec("latents", "FP32", (-1, self.codec.latent_channels, -1, -1))
+        )
+
+    def _declare_latents(self, spec: TensorSpec) -> None:
+        """Fills in the latent channel count, known only once the VAE is loaded."""
+        raise NotImplementedError
 
     def parameters(self) -> dict[str, str]:
         return self.codec.info()
@@ -24,7 +31,10 @@ class _CodecModel(Model):
 class VaeEncodeModel(_CodecModel):
     name = "vae_encode"
     inputs = (TensorSpec("frames", "FP32", (-1, 1, -1, -1)),)
-    outputs = (TensorSpec("latents", "FP32", (-1, 4, -1, -1)),)
+    outputs = (TensorSpec("latents", "FP32", (-1, -1, -1, -1)),)
+
+    def _declare_latents(self, spec: TensorSpec) -> None:
+        self.outputs = (spec,)
 
     def warmup(self) -> None:
         f = self.codec.factor
@@ -36,8 +46,11 @@ class VaeEncodeModel(_CodecModel):
 
 class VaeDecodeModel(_CodecModel):
     name = "vae_decode"
-    inputs = (TensorSpec("latents", "FP32", (-1, 4, -1, -1)),)
+    inputs = (TensorSpec("latents", "FP32", (-1, -1, -1, -1)),)
     outputs = (TensorSpec("frames", "FP32", (-1, 1, -1, -1)),)
+
+    def _declare_latents(self, spec: TensorSpec) -> None:
+        self.inputs = (spec,)
 
     def warmup(self) -> None:
         self.codec.decode(np.zeros((1, self.codec.latent_channels, 8, 8), np.float32))

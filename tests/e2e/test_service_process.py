@@ -15,7 +15,7 @@ import numpy as np
 from clients import VaeCodecClient, open_channel, wait_until_serving
 from clients.channel import ChannelSettings
 from clients.health import check
-from tests.support import free_port
+from tests.support import SMALL_LATENT_CHANNELS, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -70,7 +70,7 @@ def test_sigterm_drains_completes_in_flight_work_and_exits_zero(tmp_path):
             assert "NOT_SERVING" in statuses
             worker.join(timeout=120)
         assert "error" not in result, result.get("error")
-        assert result["latents"].shape == (240, 4, 8, 8)
+        assert result["latents"].shape == (240, SMALL_LATENT_CHANNELS, 8, 8)
         assert process.wait(timeout=60) == 0
     finally:
         if process.poll() is None:

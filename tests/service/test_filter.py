@@ -38,7 +38,8 @@ def _moving(phase: float, speed: float, fx: float, fy: float) -> np.ndarray:
 def _pool() -> list[tuple[str, str, int, np.ndarray]]:
     """(clip_id, case_id, label, clip): four kinds of bad clip among coherent ones."""
     rng = np.random.default_rng(0)
-    good = [_moving(i * 1.7, 1 + 0.5 * i, 3 + 0.3 * i, 4 + 0.2 * i) for i in range(6)]
+    # One drift speed: VAE-Seq falls with speed, and the coherent clips must form one group.
+    good = [_moving(i * 1.7, 2.0, 3 + 0.3 * i, 4 + 0.2 * i) for i in range(6)]
     return [
         ("a-good0", "a", 0, good[0]),
         ("a-good1", "a", 0, good[1]),

@@ -15,7 +15,13 @@ from clients.health import check
 from genaug import wire
 from genaug.v1 import tensor_pb2, vae_codec_pb2, vae_codec_pb2_grpc
 from tests.service.conftest import codec_config, codec_with_echo, running
-from tests.support import echo_stubs, make_certificates, metric_value, scrape
+from tests.support import (
+    SMALL_LATENT_CHANNELS,
+    echo_stubs,
+    make_certificates,
+    metric_value,
+    scrape,
+)
 
 MIB = 1 << 20
 
@@ -119,7 +125,7 @@ def test_deadline_shorter_than_the_work_then_next_call_succeeds(channel, codec_s
         client.encode(frames, timeout=0.2)
     assert info.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
     latents = client.encode(frames[:2], timeout=30)
-    assert latents.shape == (2, 4, 8, 8)
+    assert latents.shape == (2, SMALL_LATENT_CHANNELS, 8, 8)
 
 
 def test_server_abandons_work_past_the_deadline(channel, codec_server):
@@ -171,7 +177,8 @@ def test_bearer_token_auth_with_health_exempt(tmp_path):
                 list(stream(wire.iter_chunks("x", np.zeros(3)), timeout=10))
             assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
         with open_channel(target, ChannelSettings(token="s3cret")) as ch:
-            assert VaeCodecClient(ch).encode(frames, timeout=10).shape == (1, 4, 8, 8)
+            latents = VaeCodecClient(ch).encode(frames, timeout=10)
+            assert latents.shape == (1, SMALL_LATENT_CHANNELS, 8, 8)
 
 
 def test_mutual_tls_round_trip(tmp_path):
@@ -194,7 +201,7 @@ def test_mutual_tls_round_trip(tmp_path):
         with open_channel(target, mutual) as ch:
             frames = np.random.default_rng(0).uniform(-1, 1, (2, 1, 64, 64)).astype(np.float32)
             latents = VaeCodecClient(ch).encode(frames, timeout=30)
-            assert latents.shape == (2, 4, 8, 8) and np.isfinite(latents).all()
+            assert latents.shape == (2, SMALL_LATENT_CHANNELS, 8, 8) and np.isfinite(latents).all()
         # Without a client certificate the handshake is refused.
         with open_channel(
             target, ChannelSettings(ca_cert=certs["ca_cert"], retry_attempts=1)

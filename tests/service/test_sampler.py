@@ -16,6 +16,7 @@ from services.common.config import ServerConfig
 from services.sampler.__main__ import build_server
 from services.sampler.backend import SamplerBackend
 from tests.service.conftest import running
+from tests.support import SMALL_LATENT_CHANNELS
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +59,8 @@ def test_progress_in_order_then_a_decoded_result(client):
     assert [p.step for p in progress] == [1, 2, 3, 4]  # the 5th step arrives as the result
     assert all(p.total == 5 for p in progress)
     assert progress[1].preview.shape == [8, 8, 8]
-    assert clip.latents.shape == (8, 4, 8, 8) and clip.frames.shape == (8, 1, 64, 64)
+    assert clip.latents.shape == (8, SMALL_LATENT_CHANNELS, 8, 8)
+    assert clip.frames.shape == (8, 1, 64, 64)
     assert np.abs(clip.frames).max() <= 1.0
 
 

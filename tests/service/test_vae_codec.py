@@ -6,7 +6,7 @@ import numpy as np
 import tritonclient.grpc as triton
 
 from clients import VaeCodecClient
-from tests.support import metric_value, scrape
+from tests.support import SMALL_LATENT_CHANNELS, metric_value, scrape
 
 
 def _clip(frames=4, size=64, seed=0):
@@ -34,7 +34,7 @@ def test_tritonclient_infer_equals_typed_rpc(channel, codec_server):
     dec_in.set_data_from_numpy(latents)
     decoded = tc.infer("vae_decode", [dec_in]).as_numpy("frames")
 
-    assert latents.shape == (4, 4, 8, 8) and decoded.shape == frames.shape
+    assert latents.shape == (4, SMALL_LATENT_CHANNELS, 8, 8) and decoded.shape == frames.shape
     np.testing.assert_array_equal(latents, typed_latents)
     np.testing.assert_array_equal(decoded, typed_frames)
 
@@ -98,5 +98,5 @@ def test_large_clip_takes_the_stream_path_and_matches_unary(channel):
 
 def test_codec_info(channel):
     info = VaeCodecClient(channel).info(timeout=10)
-    assert (info.latent_channels, info.downsample_factor) == (4, 8)
+    assert (info.latent_channels, info.downsample_factor) == (SMALL_LATENT_CHANNELS, 8)
     assert info.weights == "seeded-initialisation"

@@ -24,12 +24,14 @@ from clients import cli
 from services.models.medsam import load_image_prior_encoder
 from services.models.medsam_preprocess import LITEMEDSAM_PREPROCESSING, preprocess_frames
 from services.models.onnx_graphs import onnx_session
+from services.models.vae import VAE_CONFIGS
 from services.vae_codec.codec import VaeCodec
 
 ATOL = 1e-4
+C = VAE_CONFIGS["small"]["latent_channels"]  # the seeded small VAE of these tests
 IO = {
-    "vae_encode": (("frames", [-1, 1, -1, -1]), ("latents", [-1, 4, -1, -1])),
-    "vae_decode": (("latents", [-1, 4, -1, -1]), ("frames", [-1, 1, -1, -1])),
+    "vae_encode": (("frames", [-1, 1, -1, -1]), ("latents", [-1, C, -1, -1])),
+    "vae_decode": (("latents", [-1, C, -1, -1]), ("frames", [-1, 1, -1, -1])),
     "image_prior": (("frames", [-1, 3, 256, 256]), ("prior", [-1, 256, 64, 64])),
 }
 
@@ -91,7 +93,7 @@ def test_vae_parity_with_codec(repo: tuple[Path, Path], name: str) -> None:
             x = rng.uniform(-1, 1, (batch, 1, h, w)).astype(np.float32)
             want = codec.encode(x)
         else:
-            x = rng.standard_normal((batch, 4, h // 8, w // 8), dtype=np.float32)
+            x = rng.standard_normal((batch, C, h // 8, w // 8), dtype=np.float32)
             want = codec.decode(x)
         got = _run(out / name / "1" / "model.onnx", name, x)
         assert got.shape == want.shape

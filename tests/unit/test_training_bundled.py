@@ -27,6 +27,7 @@ def test_bundled_models_load_strictly_and_share_the_classes():
     unet = load_unet(REPO / "ldm")
     assert unet.config.sequence and unet.config.num_classes == len(classes)
     assert unet.dtype == torch.float32
+    assert unet.config.in_channels == unet.config.out_channels == vae.config.latent_channels
     classifier = VideoClassifier.from_pretrained(REPO / "classifier")
     assert classifier.config.num_classes == len(classes)
     for sub in ("ldm", "classifier"):

@@ -15,7 +15,13 @@ from clients.conditions import condition_paths, save_motion
 from services.data import layout
 from services.data.phantoms import generate_phantom_dataset
 from services.models.classifier import VideoClassifier
-from services.models.ldm import identity_trajectories, load_unet
+from services.models.ldm import (
+    LDMConfig,
+    SequenceUNet,
+    identity_trajectories,
+    load_unet,
+    save_unet,
+)
 from services.models.vae import load_vae
 
 SIZE, FRAMES = 32, 4
@@ -79,6 +85,8 @@ def test_every_stage_writes_loadable_safetensors(trained):
     assert not ldm.config.sequence
     seq = load_unet(trained / "seq/final")
     assert seq.config.sequence and seq.dtype == torch.float32
+    # The LDM is built for the VAE's latent channels (8 for the small VAE, not the preset's).
+    assert ldm.config.in_channels == seq.config.out_channels == vae.config.latent_channels == 8
     assert load_file(str(trained / "seq/final/model.safetensors"))["conv_in.weight"].dtype == (
         torch.float16
     )
@@ -95,6 +103,16 @@ def test_seq_trains_only_the_finetuning_set_by_default(trained):
     assert summary["trainable_parameters"] < summary["parameters"]
     evals = [json.loads(line) for line in (trained / "seq/eval.jsonl").read_text().splitlines()]
     assert evals and {"class_fidelity", "per_class", "s_per_clip"} <= set(evals[-1])
+
+
+def test_seq_refuses_a_2d_model_of_other_latent_channels(trained, dataset, tmp_path):
+    config = LDMConfig.preset("small", num_classes=3, sequence=False, in_channels=4, out_channels=4)
+    save_unet(SequenceUNet(config), tmp_path / "ldm4")
+    with pytest.raises(ValueError, match="has 4 latent channels, the VAE in --vae-dir has 8"):
+        _train(
+            "seq", dataset, tmp_path / "seq", "--vae-dir", str(trained / "vae/final"),
+            "--init-dir", str(tmp_path / "ldm4"), "--steps", "1", "--batch-size", "2",
+        )  # fmt: skip
 
 
 def test_resume_continues_from_the_checkpoint_step(dataset, tmp_path):

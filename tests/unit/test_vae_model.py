@@ -8,13 +8,15 @@ from services.models.vae import build_vae, load_or_init_vae, load_vae, save_vae
 from services.vae_codec.codec import VaeCodec
 
 
-@pytest.mark.parametrize("name, size, latent", [("small", 64, 8), ("full", 256, 32)])
-def test_shapes(name, size, latent):
+@pytest.mark.parametrize(
+    "name, size, channels, latent", [("small", 64, 8, 8), ("full", 256, 4, 32)]
+)
+def test_shapes(name, size, channels, latent):
     vae = build_vae(name).eval()
     frames = torch.zeros(2 if name == "small" else 1, 1, size, size)
     with torch.inference_mode():
         z = vae.encode(frames).latent_dist.mode()
-        assert z.shape == (frames.shape[0], 4, latent, latent)
+        assert z.shape == (frames.shape[0], channels, latent, latent)
         if name == "small":  # the full decoder at 256 px costs seconds; its shape is symmetric
             assert vae.decode(z).sample.shape == frames.shape
 

@@ -17,7 +17,7 @@ class LDMConfig:
     """Hyperparameters of `SequenceUNet`.
 
     Attributes:
-        in_channels: Latent channels in (4: the grayscale SD-style VAE).
+        in_channels: Latent channels in (4: the grayscale SD-style VAE; 8: the small VAE).
         out_channels: Channels predicted (epsilon), normally `in_channels`.
         sample_size: Nominal latent side (32 for 256 px frames with a x8 VAE). Informative only:
             any latent size divisible by `2 ** (len(block_out_channels) - 1)` works.
@@ -137,8 +137,9 @@ class LDMConfig:
 
         Args:
             name: `"sd14"`: the paper's SD-1.4-scale UNet (about 0.9 G parameters, 32x32 latents
-                of 256 px frames). `"small"`: a few M parameters that trains on a CPU
-                (8x8 latents of 64x64 frames, 64 image-prior tokens, 384-d MiniLM text).
+                of 256 px frames). `"small"`: a few M parameters that trains on a CPU (8x8
+                latents with the small VAE's 8 channels for 64x64 frames, 64 image-prior
+                tokens, 384-d MiniLM text).
             **overrides: Fields to change, e.g. `num_classes=3` or `sequence=False`.
         """
         if name not in PRESETS:
@@ -149,6 +150,8 @@ class LDMConfig:
 PRESETS: dict[str, LDMConfig] = {
     "sd14": LDMConfig(),
     "small": LDMConfig(
+        in_channels=8,  # the small VAE's latent channels
+        out_channels=8,
         sample_size=8,
         block_out_channels=(64, 128),
         attention_levels=(True, True),

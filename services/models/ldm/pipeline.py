@@ -378,7 +378,7 @@ class SequenceSampler:
     # ------------------------------------------------------------------------------ finish
     def finish(self, state: SamplingState) -> torch.Tensor:
         """The denoised latents (C, F, h, w) float32 of a finished state, still scaled by the
-        VAE's scaling factor (`latents.transpose(0, 1)` gives the (T, 4, h, w) of `vae_decode`).
+        VAE's scaling factor (`latents.transpose(0, 1)` gives the (T, C, h, w) of `vae_decode`).
         """
         if not state.done:
             raise ValueError(f"state is at step {state.step_index} of {state.total_steps}")

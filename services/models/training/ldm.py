@@ -145,15 +145,32 @@ def _noise(scheduler, x0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tor
     return scheduler.add_noise(x0, noise, t), noise, t
 
 
-def _build_model(args, classes: list[str], stage: str) -> SequenceUNet:
+def _build_model(args, classes: list[str], stage: str, latent_channels: int) -> SequenceUNet:
+    def fresh(sequence: bool) -> SequenceUNet:
+        return SequenceUNet(
+            LDMConfig.preset(
+                args.preset,
+                num_classes=len(classes),
+                sequence=sequence,
+                in_channels=latent_channels,
+                out_channels=latent_channels,
+            )
+        )
+
     if stage == "ldm":
-        return SequenceUNet(LDMConfig.preset(args.preset, num_classes=len(classes), sequence=False))
+        return fresh(sequence=False)
     init = args.init_dir
     if init is not None and (Path(init) / "model.safetensors").is_file():
         logger.info("seq: inflating the 2D model from %s", init)
-        return SequenceUNet.from_2d(load_unet(init))
+        model = SequenceUNet.from_2d(load_unet(init))
+        if model.config.in_channels != latent_channels:
+            raise ValueError(
+                f"--init-dir {init} has {model.config.in_channels} latent channels, "
+                f"the VAE in --vae-dir has {latent_channels}"
+            )
+        return model
     logger.warning("seq: no 2D model at %s, starting from a fresh initialisation", init)
-    return SequenceUNet(LDMConfig.preset(args.preset, num_classes=len(classes), sequence=True))
+    return fresh(sequence=True)
 
 
 def train(args: argparse.Namespace, settings: TrainSettings) -> dict:
@@ -161,7 +178,7 @@ def train(args: argparse.Namespace, settings: TrainSettings) -> dict:
     out = Path(args.out)
     data = _Data(args, "train")
     torch.manual_seed(settings.seed)
-    model = _build_model(args, data.classes, stage)
+    model = _build_model(args, data.classes, stage, latent_channels=data.latents.shape[1])
     if stage == "seq" and not args.train_all:
         names = {n for n, _ in finetune_parameters(model)}
         for n, p in model.named_parameters():
