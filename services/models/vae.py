@@ -2,9 +2,10 @@
 
 `full` is the reference configuration (SD-v1-4's VAE with 1-channel conv_in/conv_out, 4 latent
 channels); `small` is the embedded default that trains and runs on a laptop-class CPU. `small`
-keeps x8 but has 8 latent channels: at 64 px an 8x8x4 latent holds 16x fewer numbers than the
-frame and cannot carry ultrasound speckle (the bundled VAE reached 19 dB PSNR with 4 channels),
-while the small LDM's cost barely depends on the channel count. Weights are stored
+keeps x8 but has 8 latent channels: an 8x8x4 latent holds 16x fewer numbers than a 64x64 frame,
+and with the same training on the bundled phantoms 8 channels reconstruct held-out frames at
+29.7 dB PSNR against 29.0 dB for 4 (MODEL_CARD.md), while the small LDM's cost barely depends on
+the channel count. Weights are stored
 in diffusers layout (`config.json` + `diffusion_pytorch_model.safetensors`), never pickled.
 """
 
