@@ -205,6 +205,9 @@ class ModelServer:
         signal.signal(signal.SIGINT, request_stop)
         if self._server is None:
             self.start()
-        stop_requested.wait()
+        # Poll: the kernel may deliver the signal to a worker thread (gRPC, torch), and a main
+        # thread blocked in an untimed wait would then never run the Python handler.
+        while not stop_requested.wait(timeout=0.2):
+            pass
         self.stop(drain=self.config.drain_seconds)
         return 0
