@@ -15,7 +15,9 @@ from clients.channel import open_channel
 from clients.local_cluster import DEFAULT_PORTS, LocalCluster, available_services
 from clients.sampler import SamplerClient, conditions_message
 from services.data import layout, phantoms
-from tests.support import metric_value, scrape
+from tests.support import SMALL_LATENT_CHANNELS, metric_value, scrape
+
+C = SMALL_LATENT_CHANNELS  # the bundled VAE is the `small` configuration
 
 pytestmark = pytest.mark.skipif(
     set(available_services()) != set(DEFAULT_PORTS), reason="not every service is implemented"
@@ -58,7 +60,7 @@ def test_generate_from_a_reference_clip_with_ordered_progress(sampler, reference
     assert kinds[0] == "queued" and kinds[-1] == "result"
     steps = [e.progress.step for e in events if e.WhichOneof("event") == "progress"]
     assert steps == sorted(steps) and steps[-1] == 3
-    assert clip.latents.shape == (8, 4, 8, 8)
+    assert clip.latents.shape == (8, C, 8, 8)
     assert clip.frames.shape == (8, 1, 64, 64) and np.abs(clip.frames).max() <= 1
 
 
@@ -129,7 +131,7 @@ def test_tritonclient_reaches_every_open_inference_model(cluster, reference):
             ),
         ],
         "vae_codec": [
-            ("vae_encode", [("frames", clip[0], "FP32")], "latents", (8, 4, 8, 8)),
+            ("vae_encode", [("frames", clip[0], "FP32")], "latents", (8, C, 8, 8)),
         ],
         "filter": [
             ("vae_seq", [("clips", clip, "FP32")], "score", (1,)),
