@@ -11,13 +11,18 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: demo test lint protos install clean helm-tools
+.PHONY: demo test lint protos install clean models
 
 demo: install
 	$(VENV)/bin/genaug demo
 
 test: install lint
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# Re-train the bundled models with their recipe (deploy/model-repository/MODEL_CARD.md; about
+# 80 min on 2 CPU cores; resumable) and install them into deploy/model-repository.
+models: install
+	$(VENV)/bin/genaug train all --export deploy/model-repository --threads 1
 
 lint: install
 	$(VENV)/bin/ruff check .

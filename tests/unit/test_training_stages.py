@@ -1,6 +1,8 @@
 """`genaug train {vae,classifier,ldm,seq}` on a tiny phantom dataset: a few steps each, loadable
 safetensors out, resume from the checkpoint step, YAML settings overridden by flags."""
 
+import argparse
+import contextlib
 import json
 from pathlib import Path
 
@@ -22,6 +24,7 @@ from services.models.ldm import (
     load_unet,
     save_unet,
 )
+from services.models.training import recipe
 from services.models.vae import load_vae
 
 SIZE, FRAMES = 32, 4
@@ -149,3 +152,61 @@ def test_decoder_only_vae_keeps_the_encoder_and_scaling(trained, dataset, tmp_pa
     a, b = before.state_dict(), after.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a if k.startswith(("encoder.", "quant_conv.")))
     assert any(not torch.equal(a[k], b[k]) for k in a if k.startswith("decoder."))
+
+
+def test_train_all_runs_the_recipe_and_fills_a_model_repository(dataset, tmp_path):
+    repository = tmp_path / "repository"
+    assert genaug(
+        ["train", "all", "--dataset-root", str(dataset), "--out", str(tmp_path / "runs"),
+         "--export", str(repository), "--recipe-scale", "0.001", "--threads", "1",
+         "--no-progress"]
+    ) == 0  # fmt: skip
+    vae = load_vae(repository / "vae")
+    unet = load_unet(repository / "ldm")
+    assert unet.config.sequence and unet.config.in_channels == vae.config.latent_channels
+    assert json.loads((repository / "ldm/training.json").read_text())["train_all"]
+    classes = json.loads((repository / "classes.json").read_text())
+    assert classes == ["DCM", "HCM", "NOR"]
+    assert VideoClassifier.from_pretrained(repository / "classifier").config.num_classes == 3
+    for plot in ("vae_loss.png", "classifier_loss.png", "ldm2d_loss.png", "seq_loss.png"):
+        assert (repository / plot).is_file()
+    assert not list(repository.glob(".*partial"))
+    # The recipe's step counts, scaled: 1500 -> 2 VAE steps, 2000 -> 2 sequence steps.
+    assert json.loads((repository / "vae/provenance.json").read_text())["steps"] == 2
+    assert json.loads((repository / "ldm/training.json").read_text())["steps"] == 2
+
+
+def test_train_all_refuses_per_stage_flags(dataset, tmp_path):
+    with pytest.raises(SystemExit, match="--steps not allowed"):
+        genaug(["train", "all", "--dataset-root", str(dataset), "--steps", "5"])
+
+
+def test_model_card_commands_are_the_recipe():
+    """The per-stage commands written out in MODEL_CARD.md are what `genaug train all` runs."""
+    card = (
+        Path(__file__).resolve().parents[2] / "deploy/model-repository/MODEL_CARD.md"
+    ).read_text()
+    documented = {}
+    for line in card.splitlines():
+        if line.startswith("genaug train "):
+            words = line.split()
+            documented[words[2]] = words[3:]
+    args = argparse.Namespace(
+        dataset_root=Path("runs/data"), name="Phantom", threads=1, device=None, progress=None
+    )
+    for stage, settings in recipe.RECIPE:
+        flags = recipe.stage_flags(stage, settings, args, Path("runs/train"), 1.0)
+        flags = flags[flags.index("--out") :]  # the card relies on the default dataset
+        assert sorted(_pairs(flags)) == sorted(_pairs(documented[stage])), stage
+
+
+def _pairs(flags: list[str]) -> list[tuple[str, str]]:
+    """`--flag value` / `--switch` -> (flag, value or ""), numbers compared as numbers."""
+    pairs = []
+    for i, word in enumerate(flags):
+        if word.startswith("--"):
+            value = flags[i + 1] if i + 1 < len(flags) and not flags[i + 1].startswith("--") else ""
+            with contextlib.suppress(ValueError):
+                value = repr(float(value))
+            pairs.append((word, value))
+    return pairs

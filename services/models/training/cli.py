@@ -1,4 +1,5 @@
-"""`genaug train {vae,ldm,seq,classifier}`: train one model of the generator or the filter.
+"""`genaug train {vae,ldm,seq,classifier}`: train one model of the generator or the filter;
+`genaug train all`: the bundled models' whole recipe (`recipe.py`).
 
 Settings come from, in increasing priority: the stage's defaults, a YAML file (`--config`, keys
 are flag names with dashes or underscores) and the flags given on the command line. Every run
@@ -48,13 +49,23 @@ COMMON_DEFAULTS = dict(
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Registers the flags. Every default is None so that YAML values are only overridden by
     flags actually given; `resolve` fills in the defaults."""
-    parser.add_argument("stage", choices=sorted(STAGES), help="what to train")
+    parser.add_argument(
+        "stage",
+        choices=sorted(STAGES) + ["all"],
+        help="what to train; all: conditions and every stage with the bundled recipe",
+    )
     add = parser.add_argument
     add("--config", type=Path, help="YAML file of settings (flags override it)")
     add("--dataset-root", type=Path, help="prepared dataset root (default runs/data)")
     add("--name", help="dataset name <DS> (default Phantom)")
     add("--out", type=Path, help="run folder (default runs/train/<stage>)")
-    add("--export", type=Path, help="also copy the trained model folder here")
+    add(
+        "--export",
+        type=Path,
+        help="also copy the trained model folder here (all: the "
+        "model repository to fill, e.g. deploy/model-repository)",
+    )
+    add("--recipe-scale", type=float, help="all: multiply every step count (smoke runs; 1)")
     g = parser.add_argument_group("optimisation (all stages)")
     g.add_argument("--steps", type=int, help="optimiser steps in total (a resumed run continues)")
     g.add_argument("--batch-size", type=int)
@@ -131,7 +142,24 @@ def settings_from(args: argparse.Namespace) -> TrainSettings:
     return TrainSettings(**{k: getattr(args, k) for k in names if hasattr(args, k)})
 
 
+# The flags `genaug train all` passes on; the recipe owns every other setting.
+ALL_FLAGS = ("stage", "dataset_root", "name", "out", "export", "recipe_scale", "threads",
+             "device", "progress")  # fmt: skip
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.stage == "all":
+        given = sorted(k for k, v in vars(args).items() if v is not None and k not in ALL_FLAGS)
+        if given:
+            flags = ", ".join("--" + k.replace("_", "-") for k in given)
+            raise SystemExit(f"genaug train all: {flags} not allowed (the recipe sets them)")
+        from . import recipe
+
+        args.dataset_root = args.dataset_root or Path(COMMON_DEFAULTS["dataset_root"])
+        args.name = args.name or COMMON_DEFAULTS["name"]
+        return recipe.run_all(args)
+    if args.recipe_scale is not None:
+        raise SystemExit("--recipe-scale applies to `genaug train all` only")
     module = importlib.import_module(STAGES[args.stage])
     defaults = module.DEFAULTS if args.stage != "seq" else module.SEQ_DEFAULTS
     args = resolve(args, defaults)
