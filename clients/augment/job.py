@@ -28,11 +28,11 @@ from clients.augment.manifest import (
     shard_state,
     state_dir,
 )
-from clients.augment.options import AugmentOptions
+from clients.augment.options import AugmentOptions, channel_settings
 from clients.augment.plan import WorkItem, build_plan, class_targets, shard
 from clients.augment.references import ReferenceConditions
 from clients.augment.replicas import JobFailed, ReplicaPool
-from clients.channel import ChannelSettings, open_channel
+from clients.channel import open_channel
 from clients.errors import GenAugError
 from services.data import layout
 
@@ -235,7 +235,7 @@ def _owned_files(items: list[WorkItem], manifest: Manifest) -> list[str]:
 
 
 def _generate(o, p: JobPlan, out: Path, todo, manifest, bar, result, replicas=None) -> None:
-    settings = ChannelSettings()
+    settings = channel_settings(o)
     channels = []
     encoder = motion = None
     if o.encoder and "prior" in o.conditions:
@@ -308,7 +308,7 @@ def _filter(o: AugmentOptions, out: Path, items: list[WorkItem], client=None) ->
     elif client is None:
         from clients.filter import FilterClient
 
-        channel = open_channel(o.filter)
+        channel = open_channel(o.filter, channel_settings(o))
         client = FilterClient(channel)
     timeout = max(o.deadline, 60.0 + 5.0 * len(items))
     try:

@@ -3,7 +3,9 @@
 Precedence: command-line flags, then `--config FILE.yaml` (keys are the flag names with `_` or
 `-`, e.g. `per_class: 4`, `sampler: [a:50053, b:50053]`), then the defaults below. The shard
 index defaults to `$JOB_COMPLETION_INDEX` (a Kubernetes Indexed Job) and the shard count to
-`$GENAUG_SHARD_COUNT`.
+`$GENAUG_SHARD_COUNT`. Every service connection uses the same TLS and bearer-token settings
+(`--tls-ca`, `--tls-cert`/`--tls-key` for mutual TLS, `--auth-token-file`, else
+`$GENAUG_AUTH_TOKEN`); the token is never written to the job state or the report.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pathlib import Path
 import yaml
 
 from clients.augment.references import CONDITION_KINDS
+from clients.channel import ChannelSettings
 
 FILTER_LEVELS = ("semantic", "sequential", "duplicates")
 FILTER_SCOPES = ("job", "shard")
@@ -55,6 +58,11 @@ class AugmentOptions:
     save_npy: bool = False
     progress: bool = True
     report: bool = True
+    tls_ca: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_server_name: str | None = None
+    auth_token_file: Path | None = None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -112,6 +120,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--save-npy", action="store_true", default=s, help="also write float32 .npy clips")
     a("--no-progress", dest="progress", action="store_false", default=s, help="no progress bar")
     a("--no-report", dest="report", action="store_false", default=s, help="no HTML report")
+    t = parser.add_argument_group("connections (every service)")
+    t.add_argument("--tls-ca", type=Path, default=s, help="PEM CA bundle: connect with TLS")
+    t.add_argument("--tls-cert", type=Path, default=s, help="PEM client certificate (mTLS)")
+    t.add_argument("--tls-key", type=Path, default=s, help="PEM client key (mTLS)")
+    t.add_argument("--tls-server-name", default=s, help="expected server name, if not the host")
+    t.add_argument(
+        "--auth-token-file",
+        type=Path,
+        default=s,
+        help="file holding the bearer token (else $GENAUG_AUTH_TOKEN; never a flag value, "
+        "which other users could read in the process list)",
+    )
 
 
 def resolve(args: argparse.Namespace, env: dict[str, str] | None = None) -> AugmentOptions:
@@ -135,7 +155,8 @@ def resolve(args: argparse.Namespace, env: dict[str, str] | None = None) -> Augm
             values.pop(key, None)
     values.update(given)
     options = AugmentOptions(**values)
-    for name in ("dataset_root", "out", "classes_file"):
+    for name in ("dataset_root", "out", "classes_file", "tls_ca", "tls_cert", "tls_key",
+                 "auth_token_file"):  # fmt: skip
         value = getattr(options, name)
         if value is not None:
             setattr(options, name, Path(value))
@@ -169,5 +190,31 @@ def validate(o: AugmentOptions) -> None:
         raise ValueError("--concurrency and --max-attempts must be >= 1, --deadline > 0")
     if o.shard_count < 1 or not 0 <= o.shard_index < o.shard_count:
         raise ValueError(f"shard index {o.shard_index} is not in [0, {o.shard_count})")
+    if (o.tls_cert is None) != (o.tls_key is None):
+        raise ValueError("--tls-cert and --tls-key go together (mutual TLS)")
+    if (o.tls_cert is not None or o.tls_server_name is not None) and o.tls_ca is None:
+        raise ValueError("--tls-cert, --tls-key and --tls-server-name need --tls-ca")
+    for name in ("tls_ca", "tls_cert", "tls_key", "auth_token_file"):
+        path = getattr(o, name)
+        if path is not None and not path.is_file():
+            raise ValueError(f"--{name.replace('_', '-')}: no such file: {path}")
     if len(o.sampler) > 1 and any(t.startswith("dns:") for t in o.sampler):
         raise ValueError("give either one dns:///name:port or several host:port samplers")
+
+
+def channel_settings(o: AugmentOptions, env: dict[str, str] | None = None) -> ChannelSettings:
+    """The TLS and token settings of every connection the job opens."""
+    env = os.environ if env is None else env
+    if o.auth_token_file is not None:
+        token = o.auth_token_file.read_text().strip()
+        if not token:
+            raise ValueError(f"--auth-token-file: {o.auth_token_file} is empty")
+    else:
+        token = env.get("GENAUG_AUTH_TOKEN") or None
+    return ChannelSettings(
+        token=token,
+        ca_cert=o.tls_ca,
+        client_cert=o.tls_cert,
+        client_key=o.tls_key,
+        server_name_override=o.tls_server_name,
+    )

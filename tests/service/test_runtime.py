@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import time
 
 import grpc
@@ -209,3 +210,40 @@ def test_mutual_tls_round_trip(tmp_path):
             with pytest.raises(GenAugError) as info:
                 VaeCodecClient(ch).encode(frames, timeout=5)
             assert info.value.code == grpc.StatusCode.UNAVAILABLE
+
+
+def test_augment_connection_flags_reach_a_mutual_tls_token_service(tmp_path):
+    """`genaug augment --tls-* --auth-token-file` settings open working channels."""
+    from clients.augment.options import add_arguments, channel_settings, resolve
+
+    certs = make_certificates(tmp_path)
+    config = codec_config(
+        tmp_path,
+        metrics_port=None,
+        auth_token="s3cret",
+        tls_cert=certs["server_cert"],
+        tls_key=certs["server_key"],
+        tls_client_ca=certs["ca_cert"],
+    )
+    (tmp_path / "token").write_text("s3cret\n")
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    tls = ["--tls-ca", str(certs["ca_cert"]), "--tls-cert", str(certs["client_cert"]),
+           "--tls-key", str(certs["client_key"])]  # fmt: skip
+    base = ["--dataset-root", "d", "--out", "o", "--balance", *tls]
+    frames = np.zeros((1, 1, 64, 64), np.float32)
+    with running(codec_with_echo(config)) as server:
+        target = f"localhost:{server.port}"
+        for argv, ok in (
+            (base, False),
+            ([*base, "--auth-token-file", str(tmp_path / "token")], True),
+        ):
+            settings = channel_settings(resolve(parser.parse_args(argv), env={}), env={})
+            settings.retry_attempts = 1
+            with open_channel(target, settings) as ch:
+                if ok:
+                    assert VaeCodecClient(ch).encode(frames, timeout=10).shape[0] == 1
+                else:
+                    with pytest.raises(GenAugError) as info:
+                        VaeCodecClient(ch).encode(frames, timeout=10)
+                    assert info.value.code == grpc.StatusCode.UNAUTHENTICATED

@@ -7,7 +7,7 @@ import argparse
 import grpc
 import pytest
 
-from clients.augment.options import add_arguments, resolve
+from clients.augment.options import add_arguments, channel_settings, resolve
 from clients.augment.replicas import JobFailed, ReplicaPool, generate_with_retries
 from clients.errors import GenAugError
 
@@ -159,3 +159,50 @@ def test_a_dns_target_balances_round_robin_explicit_ones_do_not():
     pool = ReplicaPool(["dns:///localhost:1"])
     assert len(pool.replicas) == 1
     pool.close()
+
+
+def test_connection_flags_give_the_channel_settings_of_every_service(tmp_path):
+    for name in ("ca.pem", "cert.pem", "key.pem"):
+        (tmp_path / name).write_text("pem")
+    (tmp_path / "token").write_text("s3cret\n")
+    base = ["--dataset-root", "d", "--out", "o", "--balance"]
+    o = resolve(
+        _parse([*base, "--tls-ca", str(tmp_path / "ca.pem"), "--tls-cert",
+                str(tmp_path / "cert.pem"), "--tls-key", str(tmp_path / "key.pem"),
+                "--tls-server-name", "genaug.internal", "--auth-token-file",
+                str(tmp_path / "token")]),
+        env={},
+    )  # fmt: skip
+    settings = channel_settings(o, env={"GENAUG_AUTH_TOKEN": "from-env"})
+    assert settings.token == "s3cret"  # the file wins over the environment
+    assert settings.ca_cert == tmp_path / "ca.pem" and settings.client_key == tmp_path / "key.pem"
+    assert settings.server_name_override == "genaug.internal"
+    plain = resolve(_parse(base), env={})
+    assert channel_settings(plain, env={"GENAUG_AUTH_TOKEN": "from-env"}).token == "from-env"
+    assert channel_settings(plain, env={}).token is None
+    assert channel_settings(plain, env={}).ca_cert is None
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--tls-cert", "{d}/ca.pem"], "--tls-cert and --tls-key go together"),
+        (["--tls-server-name", "x"], "need --tls-ca"),
+        (["--tls-ca", "{d}/missing.pem"], "--tls-ca: no such file"),
+        (["--auth-token-file", "{d}/missing"], "--auth-token-file: no such file"),
+    ],
+)
+def test_bad_connection_flags_are_named(tmp_path, extra, message):
+    (tmp_path / "ca.pem").write_text("pem")
+    argv = ["--dataset-root", "d", "--out", "o", "--balance"]
+    argv += [word.format(d=tmp_path) for word in extra]
+    with pytest.raises(ValueError, match=message):
+        resolve(_parse(argv), env={})
+
+
+def test_an_empty_token_file_is_an_error(tmp_path):
+    (tmp_path / "token").write_text("\n")
+    argv = ["--dataset-root", "d", "--out", "o", "--balance"]
+    o = resolve(_parse([*argv, "--auth-token-file", str(tmp_path / "token")]), env={})
+    with pytest.raises(ValueError, match="is empty"):
+        channel_settings(o, env={})
