@@ -1,6 +1,6 @@
 """Per-clip scores of the filter: classifier logits / cross-entropy and VAE latents / VAE-Seq.
 
-Both networks load in-process: the VAE from `<model-dir>/vae/` (`load_or_init_vae`), the video
+Both networks load in-process: the VAE from `<model-dir>/vae/` (a `VaeCodec`), the video
 classifier from `<model-dir>/classifier/` (`config.json` + `model.safetensors`). Either falls back
 to a seeded initialisation when its folder holds no weights and says so in `info()`.
 
@@ -29,8 +29,9 @@ from services.models.classifier import (
     VideoClassifier,
     VideoClassifierConfig,
 )
-from services.models.runtime import resolve_device, resolve_dtype
-from services.models.vae import SEEDED_INIT, TRAINED, downsample_factor, load_for_inference
+from services.models.runtime import resolve_device
+from services.models.vae import SEEDED_INIT, TRAINED
+from services.vae_codec.codec import VaeCodec
 
 logger = logging.getLogger(__name__)
 
@@ -73,23 +74,20 @@ class PoolScorer:
         self.seed = seed
         self.seed_classes = num_classes
         self.device = resolve_device(device)
-        self.dtype = resolve_dtype(self.device)
-        self.batch_frames = max(1, batch_frames)
-        self.vae = None
         self.classifier: VideoClassifier | None = None
-        self.vae_weights = ""
         self.classifier_weights = ""
-        self._slots = ComputeSlots(1)
+        self._slots = ComputeSlots(1)  # shared by the VAE and the classifier
+        self.codec = VaeCodec(
+            self.model_dir / "vae", vae_config, seed, device, max(1, batch_frames), self._slots
+        )
         self._load_lock = threading.Lock()
 
     # -- loading --------------------------------------------------------------------------
     def load(self) -> None:
         with self._load_lock:
-            if self.vae is not None:
+            if self.classifier is not None:
                 return
-            self.vae, self.vae_weights = load_for_inference(
-                self.model_dir / "vae", self.device, self.dtype, self.vae_config, self.seed
-            )
+            self.codec.load()
             self.classifier, self.classifier_weights = self._load_classifier()
 
     def _load_classifier(self) -> tuple[VideoClassifier, str]:
@@ -114,8 +112,12 @@ class PoolScorer:
         return int(self.classifier.config.num_classes)
 
     @property
+    def vae_weights(self) -> str:
+        return self.codec.provenance
+
+    @property
     def factor(self) -> int:
-        return downsample_factor(self.vae)
+        return self.codec.factor
 
     def info(self) -> dict[str, str]:
         return {
@@ -124,7 +126,7 @@ class PoolScorer:
             "classifier_weights": self.classifier_weights,
             "num_classes": str(self.num_classes),
             "device": str(self.device),
-            "vae_dtype": str(self.dtype).removeprefix("torch."),
+            "vae_dtype": str(self.codec.dtype).removeprefix("torch."),
             "kmeans_k": str(pool.K),
             "kmeans_seed": str(pool.KMEANS_SEED),
         }
@@ -174,17 +176,6 @@ class PoolScorer:
             )
 
     # -- compute --------------------------------------------------------------------------
-    def _latents(self, clip: np.ndarray, deadline: Deadline) -> np.ndarray:
-        """Validated clip (T,1,H,W) -> VAE latent means (T,C,h,w) float32 (unscaled)."""
-        parts = []
-        for start in range(0, clip.shape[0], self.batch_frames):
-            with self._slots.turn(deadline, "VAE-Seq"), torch.inference_mode():
-                x = torch.from_numpy(np.array(clip[start : start + self.batch_frames]))
-                # The distribution mean, not a sample: the score is deterministic.
-                z = self.vae.encode(x.to(self.device, self.dtype)).latent_dist.mode()
-                parts.append(z.float().cpu().numpy())
-        return np.concatenate(parts)
-
     def _logits(self, clip: np.ndarray, deadline: Deadline) -> np.ndarray:
         with self._slots.turn(deadline, "classifier"), torch.inference_mode():
             x = torch.from_numpy(np.array(clip[None])).to(self.device)
@@ -193,13 +184,16 @@ class PoolScorer:
     def score_clip(self, clip: np.ndarray, deadline: Deadline | None = None) -> ClipResult:
         """Scores of one validated clip (T,1,H,W)."""
         deadline = deadline or Deadline.none()
-        vectors = pool.frame_vectors(self._latents(clip, deadline))
+        vectors = pool.frame_vectors(self.codec.latent_means(clip, deadline, "VAE-Seq"))
         return ClipResult(self._logits(clip, deadline), pool.vae_seq(vectors), vectors)
 
     def vae_seq_scores(self, clips: np.ndarray, deadline: Deadline | None = None) -> np.ndarray:
         """Clips (B,T,1,H,W) -> VAE-Seq (B,) float32."""
         deadline = deadline or Deadline.none()
-        scores = [pool.vae_seq(pool.frame_vectors(self._latents(c, deadline))) for c in clips]
+        scores = [
+            pool.vae_seq(pool.frame_vectors(self.codec.latent_means(c, deadline, "VAE-Seq")))
+            for c in clips
+        ]
         return np.asarray(scores, np.float32)
 
     def logits(self, clips: np.ndarray, deadline: Deadline | None = None) -> np.ndarray:

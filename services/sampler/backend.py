@@ -23,7 +23,7 @@ from services.models.ldm.pipeline import SOLVERS, SamplingRequest, SequenceSampl
 from services.models.ldm.serialization import load_unet
 from services.models.ldm.unet import SequenceUNet
 from services.models.runtime import resolve_device, resolve_dtype
-from services.models.vae import load_for_inference
+from services.vae_codec.codec import VaeCodec
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ class SamplerBackend:
         self.classes: list[str] = []
         self._clients: dict[str, object] = {}
         self._text_encoder = None
-        self._vae = None
+        self._local_codec = None
 
     # -- loading ------------------------------------------------------------------------------
     def load(self) -> None:
@@ -98,7 +98,8 @@ class SamplerBackend:
         empty = torch.from_numpy(self.encode_text([""], Deadline.none())[0])
         self.sampler = SequenceSampler(unet, empty, self.device, self.dtype)
         if not self.targets["codec"]:
-            self._vae, _ = load_for_inference(self.model_dir / "vae", self.device, self.dtype)
+            self._local_codec = VaeCodec(self.model_dir / "vae", device=str(self.device))
+            self._local_codec.load()
 
     def _connect(self) -> None:
         from clients.channel import open_channel
@@ -242,7 +243,4 @@ class SamplerBackend:
         client = self._clients.get("codec")
         if client is not None:
             return client.decode(latents, timeout=deadline.downstream_timeout(default=120))
-        vae = self._vae
-        with torch.inference_mode():
-            z = torch.from_numpy(latents).to(self.device, vae.dtype) / vae.config.scaling_factor
-            return vae.decode(z).sample.clamp(-1, 1).float().cpu().numpy()
+        return self._local_codec.decode(latents, deadline)

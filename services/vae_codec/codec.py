@@ -19,13 +19,16 @@ logger = logging.getLogger(__name__)
 
 
 class VaeCodec:
-    """Encode frames to scaled latents and back.
+    """Encode frames to scaled latents and back; the one VAE wrapper of every service (the codec,
+    the filter's VAE-Seq and the sampler's in-process decoding).
 
     Args:
         weights_dir: diffusers-layout VAE folder; when it holds no weights the `config_name`
             configuration starts from seed `seed` and reports "seeded-initialisation".
         device: "auto", "cpu", "cuda", ...
         batch_frames: frames per forward; the deadline is checked between forwards.
+        slots: compute slots shared with the caller's other networks (default: its own, one
+            forward at a time).
     """
 
     def __init__(
@@ -35,6 +38,7 @@ class VaeCodec:
         seed: int = 0,
         device: str = "auto",
         batch_frames: int = 8,
+        slots: ComputeSlots | None = None,
     ):
         self.weights_dir = Path(weights_dir)
         self.config_name = config_name
@@ -45,7 +49,7 @@ class VaeCodec:
         self.vae = None
         self.provenance = ""
         # One forward at a time: concurrent forwards on a CPU only thrash its cores.
-        self._slots = ComputeSlots(1)
+        self._slots = slots or ComputeSlots(1)
         self._load_lock = threading.Lock()
 
     def load(self) -> None:
@@ -113,14 +117,25 @@ class VaeCodec:
         self.check_frames(frames)
         return self._batched(frames, self._encode_batch, deadline or Deadline.none(), "encode")
 
+    def latent_means(
+        self, frames: np.ndarray, deadline: Deadline | None = None, stage: str = "encode"
+    ) -> np.ndarray:
+        """frames float32 (T,1,H,W) in [-1,1] -> unscaled latent means (T,C,h,w); `stage` names
+        the work in a deadline error."""
+        self.check_frames(frames)
+        return self._batched(frames, self._mode_batch, deadline or Deadline.none(), stage)
+
     def decode(self, latents: np.ndarray, deadline: Deadline | None = None) -> np.ndarray:
         """Scaled latents float32 (T,C,h,w) -> frames float32 (T,1,h*f,w*f), clamped to [-1,1]."""
         self.check_latents(latents)
         return self._batched(latents, self._decode_batch, deadline or Deadline.none(), "decode")
 
-    def _encode_batch(self, x: torch.Tensor) -> torch.Tensor:
+    def _mode_batch(self, x: torch.Tensor) -> torch.Tensor:
         # The distribution mean, not a sample: the codec is deterministic.
-        return self.vae.encode(x).latent_dist.mode() * self.scaling_factor
+        return self.vae.encode(x).latent_dist.mode()
+
+    def _encode_batch(self, x: torch.Tensor) -> torch.Tensor:
+        return self._mode_batch(x) * self.scaling_factor
 
     def _decode_batch(self, z: torch.Tensor) -> torch.Tensor:
         return self.vae.decode(z / self.scaling_factor).sample.clamp(-1, 1)
@@ -129,7 +144,8 @@ class VaeCodec:
         outputs = []
         with self._slots.turn(deadline, stage), torch.inference_mode():
             for start in range(0, array.shape[0], self.batch_frames):
-                deadline.check(stage)
+                if start:  # `turn` has just checked it before the first batch
+                    deadline.check(stage)
                 chunk = torch.from_numpy(np.array(array[start : start + self.batch_frames]))
                 out = fn(chunk.to(self.device, self.dtype))
                 outputs.append(out.float().cpu().numpy())
