@@ -22,6 +22,17 @@ def _resnet(in_ch: int, out_ch: int, temb: int, groups: int, eps: float) -> Resn
     )
 
 
+def _transformers(
+    channels: int, groups: int, num_layers: int, transformer_kwargs: dict | None
+) -> nn.ModuleList | None:
+    """One transformer per ResNet layer, or None for a block without attention."""
+    if transformer_kwargs is None:
+        return None
+    return nn.ModuleList(
+        [SequenceTransformer(channels, groups, **transformer_kwargs) for _ in range(num_layers)]
+    )
+
+
 class DownBlock(nn.Module):
     """ResNet (+ transformer) layers, then an optional stride-2 conv downsampler."""
 
@@ -43,16 +54,7 @@ class DownBlock(nn.Module):
                 for in_ch in [in_channels] + [out_channels] * (num_layers - 1)
             ]
         )
-        self.attentions = (
-            nn.ModuleList(
-                [
-                    SequenceTransformer(out_channels, groups, **transformer_kwargs)
-                    for _ in range(num_layers)
-                ]
-            )
-            if transformer_kwargs is not None
-            else None
-        )
+        self.attentions = _transformers(out_channels, groups, num_layers, transformer_kwargs)
         self.downsamplers = (
             nn.ModuleList(
                 [Downsample2D(out_channels, use_conv=True, out_channels=out_channels, name="op")]
@@ -115,16 +117,7 @@ class UpBlock(nn.Module):
             res_in = prev_output_channels if i == 0 else out_channels
             resnets.append(_resnet(res_in + skip_ch, out_channels, temb_channels, groups, eps))
         self.resnets = nn.ModuleList(resnets)
-        self.attentions = (
-            nn.ModuleList(
-                [
-                    SequenceTransformer(out_channels, groups, **transformer_kwargs)
-                    for _ in range(num_layers)
-                ]
-            )
-            if transformer_kwargs is not None
-            else None
-        )
+        self.attentions = _transformers(out_channels, groups, num_layers, transformer_kwargs)
         self.upsamplers = (
             nn.ModuleList([Upsample2D(out_channels, use_conv=True, out_channels=out_channels)])
             if add_upsample
