@@ -171,9 +171,17 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(settings.threads)
     summary = module.train(args, settings)
     if args.export is not None:
-        if args.export.exists():
-            shutil.rmtree(args.export)
-        shutil.copytree(args.out / "final", args.export)
+        export_folder(args.out / "final", args.export)
         logger.info("exported %s to %s", args.out / "final", args.export)
     print(json.dumps(summary))
     return 0
+
+
+def export_folder(source: Path, target: Path) -> None:
+    """Replaces `target` with a copy of `source`, only once the copy is complete (a crash leaves
+    the old folder or the new one, never half of one)."""
+    partial = target.parent / f".{target.name}.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    shutil.copytree(source, partial)
+    shutil.rmtree(target, ignore_errors=True)
+    partial.rename(target)

@@ -17,6 +17,8 @@ import logging
 import shutil
 from pathlib import Path
 
+from . import cli
+
 logger = logging.getLogger(__name__)
 
 # (stage, flags): the bundled models' settings (MODEL_CARD.md, "Training").
@@ -73,8 +75,6 @@ def run_all(args: argparse.Namespace) -> int:
     from clients import conditions
     from services.data import phantoms
 
-    from . import cli
-
     out = Path(args.out or "runs/train")
     scale = float(args.recipe_scale or 1.0)
     if not scale > 0:
@@ -106,15 +106,11 @@ def run_all(args: argparse.Namespace) -> int:
 
 
 def export(out: Path, repository: Path) -> None:
-    """Copies the trained models into the model-repository layout, one folder at a time (each
-    replaced only once its copy is complete)."""
+    """Copies the trained models into the model-repository layout (each folder replaced only
+    once its copy is complete)."""
     repository.mkdir(parents=True, exist_ok=True)
     for stage, folder in EXPORTS.items():
-        partial = repository / f".{folder}.partial"
-        shutil.rmtree(partial, ignore_errors=True)
-        shutil.copytree(out / stage / "final", partial)
-        shutil.rmtree(repository / folder, ignore_errors=True)
-        partial.rename(repository / folder)
+        cli.export_folder(out / stage / "final", repository / folder)
     shutil.copyfile(out / "classifier" / "final" / "classes.json", repository / "classes.json")
     for stage, name in LOSS_PLOTS.items():
         plot = out / stage / "loss.png"
