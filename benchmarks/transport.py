@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.common import bar_plot, interleaved, machine_facts, median, write_results
-from clients.channel import ChannelSettings, open_channel
+from clients.rpc.channel import ChannelSettings, open_channel
 from genaug import wire
+from genaug.deadline import Deadline
 from services.common.config import ServerConfig
-from services.common.deadline import Deadline
 from services.common.model import Model, TensorSpec
 from services.common.server import ModelServer, TypedService
 

@@ -1,16 +1,23 @@
-"""Python client library of Ctrl-GenAug serving, and the `genaug` CLI.
+"""Ctrl-GenAug on the caller's side.
 
-Imports only the generated stubs and the wire contract (`genaug`), never a service package.
+- `clients.rpc`: the client library (typed gRPC clients; imports only the wire contract);
+- `clients.augment`, `clients.cli` and the other modules: applications built on it (the batch
+  augmentation job, the `genaug` CLI, the local launcher).
+
+The library's names are re-exported here for convenience.
 """
 
-from clients.channel import ChannelSettings, open_channel
-from clients.codec import VaeCodecClient
-from clients.encoder import ConditionEncoderClient
-from clients.errors import GenAugError
-from clients.filter import FilterClient
-from clients.health import wait_until_serving
-from clients.motion import MotionExtractorClient
-from clients.sampler import SamplerClient
+from clients.rpc import (
+    ChannelSettings,
+    ConditionEncoderClient,
+    FilterClient,
+    GenAugError,
+    MotionExtractorClient,
+    SamplerClient,
+    VaeCodecClient,
+    open_channel,
+    wait_until_serving,
+)
 
 __all__ = [
     "ChannelSettings",

@@ -60,7 +60,7 @@ class InProcessBackend:
     """The services' computations, loaded in this process."""
 
     def __init__(self, method: str, image_encoder: str = "litemedsam", checkpoint=None):
-        from services.motion_extractor.extractor import MotionExtractor
+        from services.models.motion.extractor import MotionExtractor
 
         self._motion = MotionExtractor()
         self._method = method
@@ -90,9 +90,9 @@ class GrpcBackend:
         method: str,
         timeout: float = 300.0,
     ):
-        from clients.channel import open_channel
-        from clients.encoder import ConditionEncoderClient
-        from clients.motion import MotionExtractorClient
+        from clients.rpc.channel import open_channel
+        from clients.rpc.encoder import ConditionEncoderClient
+        from clients.rpc.motion import MotionExtractorClient
 
         self._method, self._timeout = method, timeout
         self._motion = MotionExtractorClient(open_channel(motion_target)) if motion_target else None

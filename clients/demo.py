@@ -15,7 +15,8 @@ import logging
 import time
 from pathlib import Path
 
-from clients.local_cluster import DEFAULT_PORTS, LocalCluster, available_services
+from clients.local_cluster import LocalCluster, available_services
+from genaug.ports import DEFAULT_PORTS
 
 logger = logging.getLogger(__name__)
 

@@ -17,19 +17,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from clients.channel import ChannelSettings, open_channel
-from clients.health import check
+from clients.rpc.channel import ChannelSettings, open_channel
+from clients.rpc.health import check
+from genaug.ports import DEFAULT_PORTS
 
 logger = logging.getLogger(__name__)
-
-# name -> (default gRPC port, default metrics port); see the README's ports table.
-DEFAULT_PORTS: dict[str, tuple[int, int]] = {
-    "condition_encoder": (50051, 9051),
-    "vae_codec": (50052, 9052),
-    "sampler": (50053, 9053),
-    "filter": (50054, 9054),
-    "motion_extractor": (50055, 9055),
-}
 
 
 # The sampler talks to these over gRPC; LocalCluster passes it their addresses.

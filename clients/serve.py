@@ -7,7 +7,8 @@ import signal
 import threading
 from pathlib import Path
 
-from clients.local_cluster import DEFAULT_PORTS, LocalCluster, available_services
+from clients.local_cluster import LocalCluster, available_services
+from genaug.ports import DEFAULT_PORTS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"genaug augment: {error}")
         return 2
     from clients.augment.report import summary_lines
-    from services.common.errors import ServiceError
+    from genaug.errors import GenaugError
 
     try:
         result = run_options(options)
@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"genaug augment: stopped: {error}")
         print("finished work is kept; run the same command again to continue")
         return 1
-    except (ValueError, ServiceError) as error:  # bad options or dataset: nothing was done
+    except (ValueError, GenaugError) as error:  # bad options or dataset: nothing was done
         print(f"genaug augment: {error}")
         return 2
     if result.waiting_for:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from clients.augment.manifest import Manifest, pool_path, save_pool
 from clients.augment.plan import WorkItem
 from clients.augment.replicas import JobFailed, ReplicaPool, generate_with_retries
-from clients.errors import GenAugError
+from clients.rpc.errors import GenAugError
 
 logger = logging.getLogger(__name__)
 

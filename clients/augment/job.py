@@ -32,8 +32,8 @@ from clients.augment.options import AugmentOptions, channel_settings
 from clients.augment.plan import WorkItem, build_plan, class_targets, shard
 from clients.augment.references import ReferenceConditions
 from clients.augment.replicas import JobFailed, ReplicaPool
-from clients.channel import open_channel
-from clients.errors import GenAugError
+from clients.rpc.channel import open_channel
+from clients.rpc.errors import GenAugError
 from services.data import layout
 
 logger = logging.getLogger(__name__)
@@ -239,12 +239,12 @@ def _generate(o, p: JobPlan, out: Path, todo, manifest, bar, result, replicas=No
     channels = []
     encoder = motion = None
     if o.encoder and "prior" in o.conditions:
-        from clients.encoder import ConditionEncoderClient
+        from clients.rpc.encoder import ConditionEncoderClient
 
         channels.append(open_channel(o.encoder, settings))
         encoder = ConditionEncoderClient(channels[-1])
     if o.motion and "motion" in o.conditions:
-        from clients.motion import MotionExtractorClient
+        from clients.rpc.motion import MotionExtractorClient
 
         channels.append(open_channel(o.motion, settings))
         motion = MotionExtractorClient(channels[-1])
@@ -306,7 +306,7 @@ def _filter(o: AugmentOptions, out: Path, items: list[WorkItem], client=None) ->
     if o.no_filter or not o.filter:
         client = None
     elif client is None:
-        from clients.filter import FilterClient
+        from clients.rpc.filter import FilterClient
 
         channel = open_channel(o.filter, channel_settings(o))
         client = FilterClient(channel)

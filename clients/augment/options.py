@@ -18,7 +18,8 @@ from pathlib import Path
 import yaml
 
 from clients.augment.references import CONDITION_KINDS
-from clients.channel import ChannelSettings
+from clients.rpc.channel import ChannelSettings
+from genaug.ports import default_target
 
 FILTER_LEVELS = ("semantic", "sequential", "duplicates")
 FILTER_SCOPES = ("job", "shard")
@@ -46,10 +47,10 @@ class AugmentOptions:
     no_filter: bool = False
     filter_scope: str = "job"
     sequential_band: str = "class"
-    sampler: list[str] = field(default_factory=lambda: ["127.0.0.1:50053"])
+    sampler: list[str] = field(default_factory=lambda: [default_target("sampler")])
     encoder: str | None = None
     motion: str | None = None
-    filter: str | None = "127.0.0.1:50054"
+    filter: str | None = default_target("filter")
     concurrency: int = 4
     deadline: float = 600.0
     max_attempts: int = 8
@@ -111,7 +112,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--sampler", nargs="+", default=s, help="host:port ... or one dns:///name:port")
     a("--encoder", default=s, help="condition encoder address (else the sampler fetches)")
     a("--motion", default=s, help="motion extractor address (else the sampler fetches)")
-    a("--filter", default=s, help="filter address (default 127.0.0.1:50054)")
+    a("--filter", default=s, help=f"filter address (default {default_target('filter')})")
     a("--concurrency", type=int, default=s, help="generations in flight (default 4)")
     a("--deadline", type=float, default=s, help="seconds per generation request (600)")
     a("--max-attempts", type=int, default=s, help="attempts per generation (default 8)")

@@ -18,7 +18,7 @@ from clients.augment.manifest import (
     state_dir,
 )
 from clients.augment.plan import WorkItem
-from clients.filter import FilterClient, PoolClip
+from clients.rpc.filter import FilterClient, PoolClip
 from services.data import layout
 
 logger = logging.getLogger(__name__)

@@ -17,7 +17,7 @@ import numpy as np
 
 from clients.augment.manifest import state_dir
 from clients.conditions import ConditionPaths, condition_paths, load_motion, save_motion
-from clients.sampler import conditions_message
+from clients.rpc.sampler import conditions_message
 from genaug.v1 import sampler_pb2 as pb
 from services.data import layout
 

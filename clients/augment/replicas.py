@@ -18,9 +18,9 @@ from dataclasses import dataclass
 
 import grpc
 
-from clients.channel import ChannelSettings, open_channel
-from clients.errors import GenAugError
-from clients.sampler import GeneratedClip, SamplerClient
+from clients.rpc.channel import ChannelSettings, open_channel
+from clients.rpc.errors import GenAugError
+from clients.rpc.sampler import GeneratedClip, SamplerClient
 
 logger = logging.getLogger(__name__)
 

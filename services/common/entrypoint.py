@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
+from genaug.ports import DEFAULT_PORTS
 from services.common.config import ServerConfig, base_parser, config_from_args
 from services.common.logs import configure_logging
 from services.common.server import ModelServer
@@ -12,8 +13,6 @@ from services.common.server import ModelServer
 
 def service_main(
     service: str,
-    default_port: int,
-    default_metrics_port: int,
     description: str,
     build: Callable[[ServerConfig, argparse.Namespace], ModelServer],
     add_arguments: Callable[[argparse.ArgumentParser], None] = lambda parser: None,
@@ -23,7 +22,7 @@ def service_main(
     parser = argparse.ArgumentParser(
         prog=f"python -m services.{service}",
         description=description,
-        parents=[base_parser(service, default_port, default_metrics_port)],
+        parents=[base_parser(service, *DEFAULT_PORTS[service])],
     )
     add_arguments(parser)
     args = parser.parse_args(argv)

@@ -1,70 +1,43 @@
-"""Domain errors. Each carries the gRPC status code it maps to; one interceptor does the mapping.
+"""The one mapping from the neutral errors (`genaug.errors`) to gRPC status codes.
 
-Raise these from models and servicers instead of calling `context.abort`: the error interceptor
-turns them into the status code, counts them in the metrics and logs client errors without a
-traceback.
+Models, data code and servicers raise `genaug.errors` classes; the error interceptor asks
+`status_of` for the code, counts it in the metrics and logs client errors without a traceback.
 """
 
 from __future__ import annotations
 
 import grpc
 
+from genaug.errors import (
+    Cancelled,
+    DeadlineExceeded,
+    FailedPrecondition,
+    GenaugError,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    Unauthenticated,
+    Unavailable,
+    Unimplemented,
+)
 
-class ServiceError(Exception):
-    """Base of every error that maps to a gRPC status other than INTERNAL."""
-
-    code: grpc.StatusCode = grpc.StatusCode.UNKNOWN
-
-    def __init__(self, message: str):
-        super().__init__(message)
-        self.message = message
-
-
-class InvalidArgument(ServiceError):
-    """Bad input; the message starts with the offending field (`frames.shape: ...`)."""
-
-    code = grpc.StatusCode.INVALID_ARGUMENT
-
-    def __init__(self, field: str, message: str):
-        super().__init__(f"{field}: {message}")
-        self.field = field
-
-
-class NotFound(ServiceError):
-    code = grpc.StatusCode.NOT_FOUND
-
-
-class ResourceExhausted(ServiceError):
-    """Queue full or request too large; `retry_after_s` is a hint sent back to the caller."""
-
-    code = grpc.StatusCode.RESOURCE_EXHAUSTED
-
-    def __init__(self, message: str, retry_after_s: float | None = None):
-        super().__init__(message)
-        self.retry_after_s = retry_after_s
+# Most specific first: InvalidArgument is also a ValueError, NotFound a LookupError.
+STATUS_BY_ERROR: dict[type[GenaugError], grpc.StatusCode] = {
+    InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+    NotFound: grpc.StatusCode.NOT_FOUND,
+    ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    Unavailable: grpc.StatusCode.UNAVAILABLE,
+    FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
+    DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
+    Cancelled: grpc.StatusCode.CANCELLED,
+    Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    Unimplemented: grpc.StatusCode.UNIMPLEMENTED,
+}
 
 
-class Unavailable(ServiceError):
-    """Not ready, draining, or a downstream hop is down; safe for the caller to retry."""
-
-    code = grpc.StatusCode.UNAVAILABLE
-
-
-class FailedPrecondition(ServiceError):
-    code = grpc.StatusCode.FAILED_PRECONDITION
-
-
-class DeadlineExceeded(ServiceError):
-    code = grpc.StatusCode.DEADLINE_EXCEEDED
-
-
-class Cancelled(ServiceError):
-    code = grpc.StatusCode.CANCELLED
-
-
-class Unauthenticated(ServiceError):
-    code = grpc.StatusCode.UNAUTHENTICATED
-
-
-class Unimplemented(ServiceError):
-    code = grpc.StatusCode.UNIMPLEMENTED
+def status_of(error: GenaugError) -> grpc.StatusCode:
+    """The status code of a neutral error (UNKNOWN for a subclass of the bare base)."""
+    for cls in type(error).__mro__:
+        if cls in STATUS_BY_ERROR:
+            return STATUS_BY_ERROR[cls]
+    return grpc.StatusCode.UNKNOWN

@@ -15,9 +15,10 @@ from collections.abc import Callable, Iterator
 
 import grpc
 
+from genaug.errors import GenaugError, ResourceExhausted, Unauthenticated
 from genaug.wire import TensorFormatError, TensorTooLargeError
 from services.common import metrics
-from services.common.errors import ResourceExhausted, ServiceError, Unauthenticated
+from services.common.errors import status_of
 from services.common.logs import request_id_var
 
 logger = logging.getLogger(__name__)
@@ -58,8 +59,8 @@ def _rewrap(handler: grpc.RpcMethodHandler, wrap: Callable) -> grpc.RpcMethodHan
 
 
 def _status_for(exc: BaseException, method: str) -> tuple[grpc.StatusCode, str]:
-    if isinstance(exc, ServiceError):
-        return exc.code, exc.message
+    if isinstance(exc, GenaugError):
+        return status_of(exc), exc.message
     if isinstance(exc, TensorTooLargeError):
         return grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)
     if isinstance(exc, TensorFormatError):

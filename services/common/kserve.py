@@ -11,14 +11,14 @@ from collections.abc import Callable
 import numpy as np
 from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
 
+from genaug.deadline import Deadline
+from genaug.errors import InvalidArgument, NotFound, Unavailable
 from genaug.wire import (
     decode_bytes_elements,
     encode_bytes_elements,
     expected_nbytes,
     kserve_datatype,
 )
-from services.common.deadline import Deadline
-from services.common.errors import InvalidArgument, NotFound, Unavailable
 from services.common.model import BYTES, Model, numpy_for_kserve
 
 SERVICE_NAME = "inference.GRPCInferenceService"

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from genaug.deadline import Deadline
+from genaug.errors import InvalidArgument
 from genaug.wire import NUMPY_BY_KSERVE
-from services.common.deadline import Deadline
-from services.common.errors import InvalidArgument
 
 BYTES = "BYTES"
 

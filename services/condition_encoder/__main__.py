@@ -101,7 +101,7 @@ def _build(config, args) -> ModelServer:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return service_main("condition_encoder", 50051, 9051, __doc__, _build, add_arguments, argv)
+    return service_main("condition_encoder", __doc__, _build, add_arguments, argv)
 
 
 if __name__ == "__main__":

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from services.common.deadline import Deadline
-from services.common.errors import InvalidArgument
-from services.common.slots import ComputeSlots
+from genaug.deadline import Deadline
+from genaug.errors import InvalidArgument
+from genaug.slots import ComputeSlots
 from services.models.medsam import (
     PRIOR_SHAPE,
     ImagePriorEncoder,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from services.common.deadline import Deadline
+from genaug.deadline import Deadline
 from services.common.model import BYTES, Model, TensorSpec
 from services.condition_encoder.encoder import ConditionEncoder
 

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from genaug import wire
+from genaug.deadline import Deadline
+from genaug.errors import InvalidArgument
 from genaug.v1 import condition_encoder_pb2 as pb
 from genaug.v1 import condition_encoder_pb2_grpc
-from services.common.deadline import Deadline
-from services.common.errors import InvalidArgument
 from services.condition_encoder.encoder import ConditionEncoder
 
 

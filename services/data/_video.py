@@ -18,7 +18,7 @@ import av
 import av.error
 import numpy as np
 
-from services.common.errors import InvalidArgument
+from genaug.errors import InvalidArgument
 from services.data.safety import MAX_FRAMES, MAX_VOXELS, check_dims
 
 logger = logging.getLogger(__name__)

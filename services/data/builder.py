@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from services.common.errors import InvalidArgument
+from genaug.errors import InvalidArgument
 from services.data import layout
 from services.data.safety import check_name
 from services.data.sampling import SamplingConfig, assemble_clip, sample_clips

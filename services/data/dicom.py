@@ -24,7 +24,7 @@ import pydicom
 import pydicom.errors
 from pydicom.pixels import apply_color_lut
 
-from services.common.errors import InvalidArgument
+from genaug.errors import InvalidArgument
 from services.data import _video
 from services.data.safety import MAX_FRAMES, MAX_SIDE, check_dims
 from services.data.sequence import FrameSequence

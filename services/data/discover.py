@@ -18,7 +18,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from services.common.errors import InvalidArgument, NotFound
+from genaug.errors import InvalidArgument, NotFound
 from services.data.readers import source_kind
 from services.data.safety import natural_key, resolve_within
 

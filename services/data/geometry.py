@@ -5,7 +5,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from services.common.errors import InvalidArgument
+from genaug.errors import InvalidArgument
 from services.data.safety import MAX_SIDE
 
 DEFAULT_SIZE = 256

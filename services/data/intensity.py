@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from services.common.errors import InvalidArgument
+from genaug.errors import InvalidArgument
 
 MODALITIES = ("ct", "mr", "us")
 

@@ -33,7 +33,7 @@ from typing import Any, BinaryIO
 import cv2
 import numpy as np
 
-from services.common.errors import InvalidArgument, NotFound
+from genaug.errors import InvalidArgument, NotFound
 from services.data import _video
 from services.data.safety import check_dims, check_name, resolve_within
 

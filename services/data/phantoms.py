@@ -30,7 +30,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from services.common.errors import InvalidArgument
+from genaug.errors import InvalidArgument
 from services.data import builder
 from services.data.geometry import check_size
 from services.data.intensity import to_uint8

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from services.common.errors import InvalidArgument, NotFound, ServiceError
+from genaug.errors import GenaugError, InvalidArgument, NotFound
 from services.data import builder, phantoms
 from services.data.discover import discover
 from services.data.geometry import DEFAULT_SIZE, check_size, fit_square
@@ -257,7 +257,7 @@ def run(args: argparse.Namespace) -> int:
                 class_name=args.class_name,
                 config=config,
             )
-    except ServiceError as exc:
+    except GenaugError as exc:
         logger.error("prepare failed: %s", exc)
         return 2
     print(summary.format())

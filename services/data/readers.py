@@ -30,7 +30,7 @@ import nibabel as nib
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from services.common.errors import InvalidArgument
+from genaug.errors import InvalidArgument
 from services.data import _video
 from services.data.dicom import read_dicom_file, read_dicom_folder
 from services.data.safety import MAX_FRAMES, check_dims, natural_key, resolve_within

@@ -12,7 +12,7 @@ import os
 import re
 from pathlib import Path
 
-from services.common.errors import InvalidArgument, NotFound
+from genaug.errors import InvalidArgument, NotFound
 
 MAX_SIDE = 8192
 """Largest accepted frame height or width, in pixels."""

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping
 
 import numpy as np
 
-from services.common.errors import InvalidArgument
+from genaug.errors import InvalidArgument
 
 
 def patient_classes(pairs: Iterable[tuple[str, str]]) -> dict[str, str]:

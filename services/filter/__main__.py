@@ -58,8 +58,6 @@ def add_arguments(parser) -> None:
 def main(argv: list[str] | None = None) -> int:
     return service_main(
         "filter",
-        50054,
-        9054,
         __doc__,
         lambda config, args: build_server(
             config,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from services.common.deadline import Deadline
+from genaug.deadline import Deadline
 from services.common.model import Model, TensorSpec
 from services.filter.scorer import PoolScorer
 

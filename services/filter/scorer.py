@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from services.common.deadline import Deadline
-from services.common.errors import InvalidArgument
-from services.common.slots import ComputeSlots
+from genaug.deadline import Deadline
+from genaug.errors import InvalidArgument
+from genaug.slots import ComputeSlots
 from services.filter import pool
 from services.models.classifier import (
     CONFIG_NAME,
@@ -31,7 +31,7 @@ from services.models.classifier import (
 )
 from services.models.runtime import resolve_device
 from services.models.vae import SEEDED_INIT, TRAINED
-from services.vae_codec.codec import VaeCodec
+from services.models.vae_codec import VaeCodec
 
 logger = logging.getLogger(__name__)
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 import math
 
 from genaug import wire
+from genaug.deadline import Deadline
+from genaug.errors import InvalidArgument
 from genaug.v1 import filter_pb2 as pb
 from genaug.v1 import filter_pb2_grpc
-from services.common.deadline import Deadline
-from services.common.errors import InvalidArgument
 from services.filter import pool
 from services.filter.scorer import PoolScorer
 

@@ -7,7 +7,7 @@ import sys
 from genaug.v1 import motion_extractor_pb2, motion_extractor_pb2_grpc
 from services.common.entrypoint import service_main
 from services.common.server import ModelServer, TypedService
-from services.motion_extractor.extractor import MotionExtractor
+from services.models.motion.extractor import MotionExtractor
 from services.motion_extractor.model import MotionFieldModel
 from services.motion_extractor.servicer import MotionExtractorServicer
 
@@ -37,8 +37,6 @@ def add_arguments(parser) -> None:
 def main(argv: list[str] | None = None) -> int:
     return service_main(
         "motion_extractor",
-        50055,
-        9055,
         __doc__,
         lambda config, args: build_server(config, args.latent_factor, args.max_concurrent),
         add_arguments,

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from services.common.deadline import Deadline
+from genaug.deadline import Deadline
 from services.common.model import Model, TensorSpec
-from services.motion_extractor.extractor import MotionExtractor
+from services.models.motion.extractor import MotionExtractor
 
 
 class MotionFieldModel(Model):

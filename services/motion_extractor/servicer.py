@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from genaug import wire
+from genaug.deadline import Deadline
+from genaug.errors import InvalidArgument
 from genaug.v1 import motion_extractor_pb2 as pb
 from genaug.v1 import motion_extractor_pb2_grpc
-from services.common.deadline import Deadline
-from services.common.errors import InvalidArgument
-from services.motion_extractor.extractor import MotionExtractor
+from services.models.motion.extractor import MotionExtractor
 
 _METHODS = {
     pb.MOTION_METHOD_UNSPECIFIED: "codec",

@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return build_server(config, backend, args.max_batch_size, args.max_queue)
 
-    return service_main("sampler", 50053, 9053, __doc__, build, add_arguments, argv)
+    return service_main("sampler", __doc__, build, add_arguments, argv)
 
 
 if __name__ == "__main__":

@@ -16,14 +16,14 @@ import numpy as np
 import torch
 
 from genaug import wire
-from services.common.deadline import Deadline
-from services.common.errors import InvalidArgument
+from genaug.deadline import Deadline
+from genaug.errors import InvalidArgument
 from services.models.ldm.config import LDMConfig
 from services.models.ldm.pipeline import SOLVERS, SamplingRequest, SequenceSampler
 from services.models.ldm.serialization import load_unet
 from services.models.ldm.unet import SequenceUNet
 from services.models.runtime import resolve_device, resolve_dtype
-from services.vae_codec.codec import VaeCodec
+from services.models.vae_codec import VaeCodec
 
 logger = logging.getLogger(__name__)
 
@@ -102,10 +102,10 @@ class SamplerBackend:
             self._local_codec.load()
 
     def _connect(self) -> None:
-        from clients.channel import open_channel
-        from clients.encoder import ConditionEncoderClient
-        from clients.health import wait_until_serving
-        from clients.motion import MotionExtractorClient
+        from clients.rpc.channel import open_channel
+        from clients.rpc.encoder import ConditionEncoderClient
+        from clients.rpc.health import wait_until_serving
+        from clients.rpc.motion import MotionExtractorClient
 
         makers = {"encoder": ConditionEncoderClient, "motion": MotionExtractorClient}
         for name, target in self.targets.items():
@@ -114,7 +114,7 @@ class SamplerBackend:
             channel = open_channel(target)
             wait_until_serving(channel, timeout=300)
             if name == "codec":
-                from clients.codec import VaeCodecClient
+                from clients.rpc.codec import VaeCodecClient
 
                 self._clients[name] = VaeCodecClient(channel)
             else:

@@ -19,12 +19,12 @@ from collections import OrderedDict, deque
 from collections.abc import Callable
 from typing import Protocol
 
-from services.common.errors import (
+from genaug.errors import (
     Cancelled,
     DeadlineExceeded,
+    GenaugError,
     InvalidArgument,
     ResourceExhausted,
-    ServiceError,
     Unavailable,
 )
 from services.sampler import metrics
@@ -130,7 +130,7 @@ class ContinuousBatchingEngine(SamplerEngine):
         except ValueError as error:
             self._fail(job, InvalidArgument("conditions", str(error)))
             raise InvalidArgument("conditions", str(error)) from None
-        except ServiceError as error:
+        except GenaugError as error:
             self._fail(job, error)
             raise
         except Exception:
@@ -270,7 +270,7 @@ class ContinuousBatchingEngine(SamplerEngine):
             metrics.ENDED.labels(type(outcome.error).__name__).inc()
         self._update_gauges()
 
-    def _fail(self, job: Job, error: ServiceError) -> None:
+    def _fail(self, job: Job, error: GenaugError) -> None:
         with self._cv:
             self._retire(job, Failed(error), locked=True)
         job.ready.set()

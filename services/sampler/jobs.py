@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from services.common.errors import ServiceError
+from genaug.errors import GenaugError
 
 
 class Priority(enum.IntEnum):
@@ -40,7 +40,7 @@ class Finished:
 
 @dataclass(frozen=True)
 class Failed:
-    error: ServiceError
+    error: GenaugError
 
 
 Event = Progress | Queued | Finished | Failed

@@ -9,10 +9,10 @@ import time
 import numpy as np
 
 from genaug import wire
+from genaug.deadline import Deadline
+from genaug.errors import Unavailable
 from genaug.v1 import sampler_pb2 as pb
 from genaug.v1 import sampler_pb2_grpc
-from services.common.deadline import Deadline
-from services.common.errors import Unavailable
 from services.sampler.backend import SamplerBackend
 from services.sampler.engine import SamplerEngine
 from services.sampler.jobs import Failed, Finished, Job, Priority, Progress, Queued

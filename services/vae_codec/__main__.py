@@ -8,7 +8,7 @@ from genaug.v1 import vae_codec_pb2, vae_codec_pb2_grpc
 from services.common.entrypoint import service_main
 from services.common.server import ModelServer, TypedService
 from services.models.vae import VAE_CONFIGS
-from services.vae_codec.codec import VaeCodec
+from services.models.vae_codec import VaeCodec
 from services.vae_codec.model import VaeDecodeModel, VaeEncodeModel
 from services.vae_codec.servicer import VaeCodecServicer
 
@@ -40,8 +40,6 @@ def add_arguments(parser) -> None:
 def main(argv: list[str] | None = None) -> int:
     return service_main(
         "vae_codec",
-        50052,
-        9052,
         __doc__,
         lambda config, args: build_server(config, args.vae_config, args.seed, args.batch_frames),
         add_arguments,

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from services.common.deadline import Deadline
+from genaug.deadline import Deadline
 from services.common.model import Model, TensorSpec
-from services.vae_codec.codec import VaeCodec
+from services.models.vae_codec import VaeCodec
 
 
 class _CodecModel(Model):

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from genaug import wire
+from genaug.deadline import Deadline
+from genaug.errors import InvalidArgument
 from genaug.v1 import vae_codec_pb2, vae_codec_pb2_grpc
-from services.common.deadline import Deadline
-from services.common.errors import InvalidArgument
-from services.vae_codec.codec import VaeCodec
+from services.models.vae_codec import VaeCodec
 
 
 def _single_tensor(chunks, name: str, max_bytes: int):

@@ -11,9 +11,10 @@ import pytest
 import tritonclient.grpc as triton
 
 from clients import GenAugError
-from clients.channel import open_channel
-from clients.local_cluster import DEFAULT_PORTS, LocalCluster, available_services
-from clients.sampler import SamplerClient, conditions_message
+from clients.local_cluster import LocalCluster, available_services
+from clients.rpc.channel import open_channel
+from clients.rpc.sampler import SamplerClient, conditions_message
+from genaug.ports import DEFAULT_PORTS
 from services.data import layout, phantoms
 from tests.support import SMALL_LATENT_CHANNELS, metric_value, scrape
 

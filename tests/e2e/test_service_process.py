@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from clients import VaeCodecClient, open_channel, wait_until_serving
-from clients.channel import ChannelSettings
-from clients.health import check
+from clients.rpc.channel import ChannelSettings
+from clients.rpc.health import check
 from tests.support import SMALL_LATENT_CHANNELS, free_port
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from clients.channel import ChannelSettings, open_channel
+from clients.rpc.channel import ChannelSettings, open_channel
 from services.common.config import ServerConfig
 from services.vae_codec.__main__ import build_server
 from tests.support import echo_service

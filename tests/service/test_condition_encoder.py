@@ -11,14 +11,14 @@ import numpy as np
 import pytest
 import tritonclient.grpc as triton
 
-from clients.channel import ChannelSettings, open_channel
-from clients.health import check
+from clients.rpc.channel import ChannelSettings, open_channel
+from clients.rpc.health import check
 from genaug import wire
+from genaug.deadline import Deadline
+from genaug.errors import DeadlineExceeded
 from genaug.v1 import condition_encoder_pb2 as pb
 from genaug.v1 import condition_encoder_pb2_grpc
 from services.common.config import ServerConfig
-from services.common.deadline import Deadline
-from services.common.errors import DeadlineExceeded
 from services.condition_encoder.__main__ import build_server
 from services.condition_encoder.encoder import PROJECTION_FILE, ConditionEncoder, EncoderLimits
 from services.models.text import TextProjection

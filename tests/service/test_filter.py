@@ -10,15 +10,15 @@ import pytest
 import torch
 import tritonclient.grpc as triton
 
-from clients.channel import ChannelSettings, open_channel
-from clients.filter import ClassBand, FilterClient, PoolClip
-from clients.health import check
+from clients.rpc.channel import ChannelSettings, open_channel
+from clients.rpc.filter import ClassBand, FilterClient, PoolClip
+from clients.rpc.health import check
 from genaug import wire
+from genaug.deadline import Deadline
+from genaug.errors import DeadlineExceeded
 from genaug.v1 import filter_pb2 as pb
 from genaug.v1 import filter_pb2_grpc
 from services.common.config import ServerConfig
-from services.common.deadline import Deadline
-from services.common.errors import DeadlineExceeded
 from services.filter import pool
 from services.filter.__main__ import build_server
 from services.filter.scorer import PoolScorer

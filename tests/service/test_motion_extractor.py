@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import tritonclient.grpc as triton
 
-from clients.channel import ChannelSettings, open_channel
-from clients.health import check
+from clients.rpc.channel import ChannelSettings, open_channel
+from clients.rpc.health import check
 from genaug import wire
 from genaug.v1 import motion_extractor_pb2 as pb
 from genaug.v1 import motion_extractor_pb2_grpc

@@ -11,8 +11,8 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from clients import GenAugError, VaeCodecClient
-from clients.channel import ChannelSettings, open_channel
-from clients.health import check
+from clients.rpc.channel import ChannelSettings, open_channel
+from clients.rpc.health import check
 from genaug import wire
 from genaug.v1 import tensor_pb2, vae_codec_pb2, vae_codec_pb2_grpc
 from tests.service.conftest import codec_config, codec_with_echo, running

@@ -10,8 +10,8 @@ import pytest
 from prometheus_client import REGISTRY
 
 from clients import GenAugError
-from clients.channel import ChannelSettings, open_channel
-from clients.sampler import SamplerClient, conditions_message
+from clients.rpc.channel import ChannelSettings, open_channel
+from clients.rpc.sampler import SamplerClient, conditions_message
 from services.common.config import ServerConfig
 from services.sampler.__main__ import build_server
 from services.sampler.backend import SamplerBackend

@@ -10,8 +10,8 @@ from types import SimpleNamespace
 import numpy as np
 
 from clients.augment.options import AugmentOptions
-from clients.filter import ClipVerdict, FilterResult
-from clients.sampler import GeneratedClip
+from clients.rpc.filter import ClipVerdict, FilterResult
+from clients.rpc.sampler import GeneratedClip
 from services.data import layout
 
 NAME = "Tiny"

@@ -9,7 +9,7 @@ import pytest
 
 from clients.augment.options import add_arguments, channel_settings, resolve
 from clients.augment.replicas import JobFailed, ReplicaPool, generate_with_retries
-from clients.errors import GenAugError
+from clients.rpc.errors import GenAugError
 
 
 def _parse(argv):
@@ -130,7 +130,7 @@ def test_attempts_are_bounded():
 def test_request_ids_are_content_addressed():
     from clients.augment.generation import GenerationSettings, request_id
     from clients.augment.plan import WorkItem
-    from clients.sampler import conditions_message
+    from clients.rpc.sampler import conditions_message
 
     item = WorkItem("A-c0_s00-66", "A", 0, "c0_s00.avi", 66)
     settings = GenerationSettings(25, 3.0, "ddim", 60.0, 3)
@@ -146,7 +146,7 @@ def test_a_dns_target_balances_round_robin_explicit_ones_do_not():
     import json
 
     from clients.augment.replicas import _with_lb
-    from clients.channel import ChannelSettings, channel_options
+    from clients.rpc.channel import ChannelSettings, channel_options
 
     def policy(settings):
         config = json.loads(dict(channel_options(settings))["grpc.service_config"])

@@ -23,7 +23,7 @@ from clients.augment.manifest import (
     state_dir,
 )
 from clients.augment.report import summary_lines
-from clients.filter import ClassBand
+from clients.rpc.filter import ClassBand
 from services.data import layout
 from tests.unit.augment_support import (
     NAME,
@@ -111,7 +111,7 @@ def test_adopts_a_pool_file_whose_manifest_line_was_lost(root, reference, tmp_pa
 
 
 def _text_conditions(plan, item):
-    from clients.sampler import conditions_message
+    from clients.rpc.sampler import conditions_message
 
     return conditions_message(text=plan.texts[item.source_clip])
 

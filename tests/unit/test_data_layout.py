@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from services.common.errors import InvalidArgument, NotFound
+from genaug.errors import InvalidArgument, NotFound
 from services.data import layout
 
 

@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from services.common.errors import InvalidArgument
+from genaug.errors import InvalidArgument
 from services.data import layout, phantoms
 
 SMALL = {"NOR": 3, "HCM": 3, "DCM": 2}

@@ -14,7 +14,7 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 
-from services.common.errors import InvalidArgument
+from genaug.errors import InvalidArgument
 from services.data import _video, layout
 from services.data.prepare import PrepareConfig, add_arguments, prepare_dataset, run
 from tests.unit.test_data_readers import _dicom

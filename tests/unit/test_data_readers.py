@@ -16,7 +16,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.pixels import convert_color_space, pixel_array
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from services.common.errors import InvalidArgument, NotFound
+from genaug.errors import InvalidArgument, NotFound
 from services.data import layout
 from services.data.readers import read_source
 

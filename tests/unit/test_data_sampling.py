@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from services.common.errors import InvalidArgument
+from genaug.errors import InvalidArgument
 from services.data.geometry import fit_square
 from services.data.intensity import IntensityConfig, normalize, to_uint8
 from services.data.privacy import pseudonym, volume_id

@@ -9,9 +9,11 @@ import cv2
 import numpy as np
 import pytest
 
-from services.common.errors import InvalidArgument
-from services.motion_extractor import motion, video_io
-from services.motion_extractor.motion import (
+from genaug.errors import InvalidArgument
+from services.data import video_io
+from services.data.video_io import decode_video, encode_h264_bytes
+from services.models.motion import field as motion
+from services.models.motion.field import (
     MotionResult,
     NoMotionVectors,
     codec_motion_field,
@@ -19,7 +21,6 @@ from services.motion_extractor.motion import (
     optical_flow_motion_field,
     paint_blocks,
 )
-from services.motion_extractor.video_io import decode_video, encode_h264_bytes
 
 TRANSLATIONS = [(2, 1), (-3, 2), (1, -2), (0, 3)]
 

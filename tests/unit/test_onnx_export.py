@@ -25,7 +25,7 @@ from services.models.medsam import load_image_prior_encoder
 from services.models.medsam_preprocess import LITEMEDSAM_PREPROCESSING, preprocess_frames
 from services.models.onnx_graphs import onnx_session
 from services.models.vae import VAE_CONFIGS
-from services.vae_codec.codec import VaeCodec
+from services.models.vae_codec import VaeCodec
 
 ATOL = 1e-4
 C = VAE_CONFIGS["small"]["latent_channels"]  # the seeded small VAE of these tests

@@ -9,7 +9,7 @@ import pytest
 import torch
 from prometheus_client import REGISTRY
 
-from services.common.errors import Cancelled, DeadlineExceeded, InvalidArgument, ResourceExhausted
+from genaug.errors import Cancelled, DeadlineExceeded, InvalidArgument, ResourceExhausted
 from services.sampler.engine import ContinuousBatchingEngine
 from services.sampler.jobs import Failed, Finished, Priority, Progress
 from tests.unit.test_ldm_pipeline import request, sampler

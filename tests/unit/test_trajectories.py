@@ -6,9 +6,9 @@ import cv2
 import numpy as np
 import pytest
 
-from services.common.errors import InvalidArgument
-from services.motion_extractor.motion import codec_motion_field
-from services.motion_extractor.trajectories import (
+from genaug.errors import InvalidArgument
+from services.models.motion.field import codec_motion_field
+from services.models.motion.trajectories import (
     NUM_SPATIAL_SLOTS,
     compute_trajectories,
     displacement_cells,

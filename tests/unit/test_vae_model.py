@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from services.models.vae import build_vae, load_or_init_vae, load_vae, save_vae
-from services.vae_codec.codec import VaeCodec
+from services.models.vae_codec import VaeCodec
 
 
 @pytest.mark.parametrize(

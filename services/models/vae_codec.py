@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from services.common.deadline import Deadline
-from services.common.errors import InvalidArgument
-from services.common.slots import ComputeSlots
+from genaug.deadline import Deadline
+from genaug.errors import InvalidArgument
+from genaug.slots import ComputeSlots
 from services.models.runtime import resolve_device, resolve_dtype
 from services.models.vae import downsample_factor, load_for_inference
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import grpc
 import numpy as np
 
-from clients.errors import GenAugError, translate_errors
+from clients.rpc.errors import GenAugError, translate_errors
 from genaug import wire
 from genaug.v1 import sampler_pb2 as pb
 from genaug.v1 import sampler_pb2_grpc

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import grpc
 import numpy as np
 
-from clients.errors import translate_errors
+from clients.rpc.errors import translate_errors
 from genaug import wire
 from genaug.v1 import motion_extractor_pb2 as pb
 from genaug.v1 import motion_extractor_pb2_grpc

@@ -5,7 +5,7 @@ from __future__ import annotations
 import grpc
 import numpy as np
 
-from clients.errors import translate_errors
+from clients.rpc.errors import translate_errors
 from genaug import wire
 from genaug.v1 import condition_encoder_pb2 as pb
 from genaug.v1 import condition_encoder_pb2_grpc

@@ -26,7 +26,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-from services.common.errors import InvalidArgument
+from genaug.errors import InvalidArgument
 
 logger = logging.getLogger(__name__)
 

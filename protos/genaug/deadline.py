@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
-import grpc
+if TYPE_CHECKING:  # only for annotations: the budget itself knows no transport
+    import grpc
 
-from services.common.errors import Cancelled, DeadlineExceeded
+from genaug.errors import Cancelled, DeadlineExceeded
 
 _NO_DEADLINE = 10**7
 

@@ -39,8 +39,8 @@ import cv2
 import numpy as np
 from mvextractor.videocap import VideoCap
 
-from services.common.errors import FailedPrecondition, InvalidArgument
-from services.motion_extractor.video_io import temporary_h264, validate_frames
+from genaug.errors import FailedPrecondition, InvalidArgument
+from services.data.video_io import temporary_h264, validate_frames
 
 logger = logging.getLogger(__name__)
 

@@ -6,11 +6,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from services.common.deadline import Deadline
-from services.common.slots import ComputeSlots
-from services.motion_extractor.motion import extract_motion
-from services.motion_extractor.trajectories import compute_trajectories
-from services.motion_extractor.video_io import decode_video, validate_frames
+from genaug.deadline import Deadline
+from genaug.slots import ComputeSlots
+from services.data.video_io import decode_video, validate_frames
+from services.models.motion.field import extract_motion
+from services.models.motion.trajectories import compute_trajectories
 
 
 @dataclass(frozen=True)

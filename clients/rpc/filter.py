@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import grpc
 import numpy as np
 
-from clients.errors import translate_errors
+from clients.rpc.errors import translate_errors
 from genaug import wire
 from genaug.v1 import filter_pb2 as pb
 from genaug.v1 import filter_pb2_grpc

@@ -6,8 +6,8 @@ import contextlib
 import threading
 from collections.abc import Iterator
 
-from services.common.deadline import Deadline
-from services.common.errors import DeadlineExceeded
+from genaug.deadline import Deadline
+from genaug.errors import DeadlineExceeded
 
 
 class ComputeSlots:

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from services.common.errors import InvalidArgument
+from genaug.errors import InvalidArgument
 from services.data import layout
 
 DEFAULT_DOWNSAMPLE = 8
