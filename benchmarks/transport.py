@@ -16,12 +16,13 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.common import bar_plot, interleaved, machine_facts, median, write_results
+from benchmarks.echo import echo_service, echo_stubs
 from clients.rpc.channel import ChannelSettings, open_channel
 from genaug import wire
 from genaug.deadline import Deadline
 from services.common.config import ServerConfig
 from services.common.model import Model, TensorSpec
-from services.common.server import ModelServer, TypedService
+from services.common.server import ModelServer
 
 MIB = 1 << 20
 
@@ -36,12 +37,6 @@ class _EchoModel(Model):
 
     def predict(self, inputs, deadline: Deadline):
         return {"x": inputs["x"]}
-
-
-def _echo_service() -> TypedService:
-    from tests.support import echo_service
-
-    return echo_service()
 
 
 def _raw_tcp_echo(payload: bytes) -> None:
@@ -93,12 +88,10 @@ def _variants(array: np.ndarray, unary, stream, tc) -> dict:
 def run(sizes_mib: list[int], repeats: int, out_dir: Path) -> dict:
     import tritonclient.grpc as triton
 
-    from tests.support import echo_stubs
-
     config = ServerConfig(
         service="transport-bench", port=0, max_message_bytes=(max(sizes_mib) + 8) * MIB
     )
-    server = ModelServer(config, [_EchoModel()], [_echo_service()])
+    server = ModelServer(config, [_EchoModel()], [echo_service()])
     server.start()
     results = {"machine": machine_facts(), "sizes": {}}
     try:

@@ -9,14 +9,9 @@ import socket
 import urllib.request
 from pathlib import Path
 
-import grpc
-
-from genaug import wire
-from genaug.v1 import tensor_pb2
-from services.common.server import TypedService
+from benchmarks.echo import ECHO_SERVICE, echo_service, echo_stubs  # noqa: F401 (re-export)
 from services.models.vae import VAE_CONFIGS
 
-ECHO_SERVICE = "genaug.test.Echo"
 SMALL_LATENT_CHANNELS = VAE_CONFIGS["small"]["latent_channels"]
 """Latent channels of the seeded small VAE that services load without trained weights."""
 
@@ -25,52 +20,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-class EchoServicer:
-    """A test-only typed service: tensors in, the same tensors out, through the wire contract."""
-
-    def echo_tensor(self, request, context):
-        return wire.to_proto(wire.from_proto(request, "tensor"))
-
-    def echo_chunks(self, request_iterator, context):
-        tensors = wire.assemble(request_iterator, field="request")
-        yield from wire.iter_tensors_as_chunks(tensors)
-
-
-def _register_echo(servicer: EchoServicer, server: grpc.Server) -> None:
-    handlers = {
-        "EchoTensor": grpc.unary_unary_rpc_method_handler(
-            servicer.echo_tensor,
-            request_deserializer=tensor_pb2.Tensor.FromString,
-            response_serializer=tensor_pb2.Tensor.SerializeToString,
-        ),
-        "EchoChunks": grpc.stream_stream_rpc_method_handler(
-            servicer.echo_chunks,
-            request_deserializer=tensor_pb2.TensorChunk.FromString,
-            response_serializer=tensor_pb2.TensorChunk.SerializeToString,
-        ),
-    }
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(ECHO_SERVICE, handlers),))
-
-
-def echo_service() -> TypedService:
-    return TypedService(ECHO_SERVICE, EchoServicer(), _register_echo)
-
-
-def echo_stubs(channel: grpc.Channel):
-    """(unary echo, stream echo) callables for the test echo service."""
-    unary = channel.unary_unary(
-        f"/{ECHO_SERVICE}/EchoTensor",
-        request_serializer=tensor_pb2.Tensor.SerializeToString,
-        response_deserializer=tensor_pb2.Tensor.FromString,
-    )
-    stream = channel.stream_stream(
-        f"/{ECHO_SERVICE}/EchoChunks",
-        request_serializer=tensor_pb2.TensorChunk.SerializeToString,
-        response_deserializer=tensor_pb2.TensorChunk.FromString,
-    )
-    return unary, stream
 
 
 def scrape(metrics_port: int) -> str:

@@ -153,6 +153,8 @@ def read_image_files(paths: list[Path], field_name: str = "source") -> FrameSequ
                     value_range = None
                 else:
                     array = _video.rgb_to_luma(np.asarray(image.convert("RGB")))
+        except InvalidArgument:  # a size check above, already naming the field
+            raise
         except (UnidentifiedImageError, OSError, ValueError) as exc:
             raise InvalidArgument(
                 field_name, f"cannot decode image {index} ({type(exc).__name__})"

@@ -127,12 +127,12 @@ class ContinuousBatchingEngine(SamplerEngine):
         # Conditions are fetched and embedded outside the lock: other requests keep stepping.
         try:
             job.state = self.sampler.prepare(build_request())
+        except GenaugError as error:  # before ValueError: InvalidArgument is one
+            self._fail(job, error)
+            raise
         except ValueError as error:
             self._fail(job, InvalidArgument("conditions", str(error)))
             raise InvalidArgument("conditions", str(error)) from None
-        except GenaugError as error:
-            self._fail(job, error)
-            raise
         except Exception:
             self._fail(job, Unavailable("could not prepare the request"))
             raise
