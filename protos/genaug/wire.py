@@ -106,10 +106,23 @@ def _little_endian(array: np.ndarray) -> np.ndarray:
     return array if array.flags.c_contiguous else array.copy(order="C")
 
 
+# numpy needs the product of the non-zero dimensions to fit its index type, even for an empty
+# array; no tensor this project exchanges comes near either bound.
+MAX_DIMS = 32
+MAX_ELEMENTS = 1 << 48
+
+
 def check_shape(shape: Iterable[int], field: str) -> tuple[int, ...]:
+    """A shape's dimensions, refused when negative or when numpy could not represent them."""
     dims = tuple(int(d) for d in shape)
+    if len(dims) > MAX_DIMS:
+        raise TensorFormatError(field, f"has {len(dims)} dimensions, over the limit of {MAX_DIMS}")
     if any(d < 0 for d in dims):
         raise TensorFormatError(field, f"negative dimension in shape {list(dims)}")
+    if math.prod(d for d in dims if d) > MAX_ELEMENTS:
+        raise TensorFormatError(
+            field, f"shape {list(dims)} declares more than {MAX_ELEMENTS} elements"
+        )
     return dims
 
 

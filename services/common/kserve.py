@@ -6,6 +6,7 @@ Uses the stubs that tritonclient ships, so `tritonclient.grpc.InferenceServerCli
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import numpy as np
@@ -14,6 +15,7 @@ from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
 from genaug.deadline import Deadline
 from genaug.errors import InvalidArgument, NotFound, Unavailable
 from genaug.wire import (
+    check_shape,
     decode_bytes_elements,
     encode_bytes_elements,
     expected_nbytes,
@@ -41,10 +43,8 @@ _CONTENTS_FIELD = {
 def _decode_input(request, index: int) -> tuple[np.ndarray, str]:
     tensor = request.inputs[index]
     field = f"inputs[{tensor.name}]"
-    shape = tuple(int(d) for d in tensor.shape)
-    if any(d < 0 for d in shape):
-        raise InvalidArgument(f"{field}.shape", f"negative dimension in {list(shape)}")
-    count = int(np.prod(shape, dtype=np.int64))
+    shape = check_shape(tensor.shape, f"{field}.shape")
+    count = math.prod(shape)
     if request.raw_input_contents:
         if index >= len(request.raw_input_contents):
             raise InvalidArgument("raw_input_contents", f"has no entry for input {index}")
@@ -70,7 +70,19 @@ def _decode_input(request, index: int) -> tuple[np.ndarray, str]:
     if tensor.datatype == BYTES:
         return np.array(values, dtype=object).reshape(shape), BYTES
     dtype = numpy_for_kserve(tensor.datatype, f"{field}.datatype")
+    _check_range(values, dtype, f"{field}.contents.{contents_field}")
     return np.asarray(values, dtype=dtype).reshape(shape), tensor.datatype
+
+
+def _check_range(values: list, dtype: np.dtype, field: str) -> None:
+    """Typed contents travel in wider protobuf fields (uint_contents is uint32 for UINT8)."""
+    if dtype.kind not in "iu" or not values:
+        return
+    info = np.iinfo(dtype)
+    low, high = min(values), max(values)
+    if low < info.min or high > info.max:
+        bad = low if low < info.min else high
+        raise InvalidArgument(field, f"value {bad} is out of range for {dtype.name}")
 
 
 def _encode_output(name: str, array: np.ndarray):

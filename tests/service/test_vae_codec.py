@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import grpc
 import numpy as np
+import pytest
 import tritonclient.grpc as triton
 
 from clients import VaeCodecClient
+from clients.rpc.channel import ChannelSettings, open_channel
+from genaug.v1 import tensor_pb2
 from tests.support import SMALL_LATENT_CHANNELS, metric_value, scrape
 
 
@@ -100,3 +104,45 @@ def test_codec_info(channel):
     info = VaeCodecClient(channel).info(timeout=10)
     assert (info.latent_channels, info.downsample_factor) == (SMALL_LATENT_CHANNELS, 8)
     assert info.weights == "seeded-initialisation"
+
+
+def _raw_infer(codec_server, request):
+    from tritonclient.grpc import service_pb2_grpc
+
+    with open_channel(f"127.0.0.1:{codec_server.port}", ChannelSettings(retry_attempts=1)) as ch:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(ch)
+        with pytest.raises(grpc.RpcError) as info:
+            stub.ModelInfer(request, timeout=10)
+        return info.value
+
+
+def test_kserve_overflowing_shape_and_out_of_range_contents_are_invalid_argument(codec_server):
+    from tritonclient.grpc import service_pb2
+
+    overflow = service_pb2.ModelInferRequest(model_name="vae_encode")
+    overflow.inputs.add(name="frames", datatype="FP32", shape=[1 << 32, 1 << 32, 0])
+    overflow.raw_input_contents.append(b"")
+    error = _raw_infer(codec_server, overflow)
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "inputs[frames].shape" in error.details()
+
+    uint8 = service_pb2.ModelInferRequest(model_name="vae_encode")
+    tensor = uint8.inputs.add(name="frames", datatype="UINT8", shape=[1])
+    tensor.contents.uint_contents.append(10**9)
+    error = _raw_infer(codec_server, uint8)
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "inputs[frames].contents.uint_contents" in error.details()
+    assert "out of range for uint8" in error.details()
+    assert _triton(codec_server).is_server_ready()
+
+
+def test_typed_overflowing_shape_is_invalid_argument(channel):
+    from genaug.v1 import vae_codec_pb2, vae_codec_pb2_grpc
+
+    request = vae_codec_pb2.EncodeRequest()
+    request.frames.dtype = tensor_pb2.DATA_TYPE_FP32
+    request.frames.shape[:] = [1 << 32, 1 << 32]
+    with pytest.raises(grpc.RpcError) as info:
+        vae_codec_pb2_grpc.VaeCodecStub(channel).Encode(request, timeout=10)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "frames.shape" in info.value.details()
