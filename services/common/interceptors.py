@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 
 import grpc
 
-from genaug.errors import GenaugError, ResourceExhausted, Unauthenticated
+from genaug.errors import GenaugError, InvalidArgument, ResourceExhausted, Unauthenticated
 from genaug.wire import TensorFormatError, TensorTooLargeError
 from services.common import metrics
 from services.common.errors import status_of
@@ -87,21 +87,33 @@ class ObservabilityInterceptor(grpc.ServerInterceptor):
         headers = dict(handler_call_details.invocation_metadata or ())
         request_id = headers.get(REQUEST_ID_HEADER) or uuid.uuid4().hex[:16]
 
+        # Requests are parsed here, not by gRPC: its deserializer failing would end the call
+        # with INTERNAL before any interceptor sees it; a caller's bad bytes are its mistake.
+        parse = _RequestParser(handler.request_deserializer, handler.request_streaming)
+        if handler.request_deserializer is not None:
+            handler = handler._replace(request_deserializer=None)
+
         def wrap(fn, streaming_out: bool):
             if streaming_out:
 
-                def stream_behaviour(request, context):
+                def stream_behaviour(raw, context):
+                    request, error = parse(raw)
                     call = _Call(self.service, method, request, context, request_id)
                     try:
+                        if error is not None:
+                            call.fail(error)
                         yield from call.iterate(fn(request, context))
                     finally:
                         call.finish()
 
                 return stream_behaviour
 
-            def unary_behaviour(request, context):
+            def unary_behaviour(raw, context):
+                request, error = parse(raw)
                 call = _Call(self.service, method, request, context, request_id)
                 try:
+                    if error is not None:
+                        call.fail(error)
                     return call.run(fn, request)
                 finally:
                     call.finish()
@@ -109,6 +121,34 @@ class ObservabilityInterceptor(grpc.ServerInterceptor):
             return unary_behaviour
 
         return _rewrap(handler, wrap)
+
+
+class _RequestParser:
+    """Turns raw request bytes into messages; unparseable bytes become INVALID_ARGUMENT."""
+
+    def __init__(self, deserialize: Callable | None, streaming_in: bool):
+        self.deserialize = deserialize
+        self.streaming_in = streaming_in
+
+    def __call__(self, raw) -> tuple[object, InvalidArgument | None]:
+        if self.deserialize is None:
+            return raw, None
+        if self.streaming_in:
+            return self._messages(raw), None
+        try:
+            return self._one(raw, "request"), None
+        except InvalidArgument as error:
+            return None, error
+
+    def _one(self, raw: bytes, field: str):
+        try:
+            return self.deserialize(raw)
+        except Exception:  # noqa: BLE001 - protobuf raises DecodeError and others
+            raise InvalidArgument(field, f"{len(raw)} bytes are not a valid message") from None
+
+    def _messages(self, raws: Iterator[bytes]) -> Iterator[object]:
+        for index, raw in enumerate(raws):
+            yield self._one(raw, f"request[{index}]")
 
 
 class _Call:
@@ -130,6 +170,10 @@ class _Call:
             return fn(request, self.context)
         except BaseException as exc:  # noqa: BLE001 - every failure is mapped here
             self._abort(exc)
+
+    def fail(self, exc: BaseException):
+        """End the call with `exc`'s status before the handler runs."""
+        self._abort(exc)
 
     def iterate(self, responses):
         try:

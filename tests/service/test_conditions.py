@@ -34,7 +34,9 @@ def test_in_process_motion_is_resumable(dataset):
     field = np.load(files[0], allow_pickle=False)
     assert field.shape == (7, 2, 64, 64) and field.dtype == np.float32
     stem = files[0].stem
-    with np.load(dataset / "Phantom_motion_field_trajectory" / f"{stem}.npz") as archive:
+    with np.load(
+        dataset / "Phantom_motion_field_trajectory" / f"{stem}.npz", allow_pickle=False
+    ) as archive:
         assert archive["trajectories"].shape == (8 * 8 * 8, 16, 3)
         assert archive["trajectory_mask"].dtype == np.bool_
     files[1].unlink()

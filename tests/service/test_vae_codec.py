@@ -146,3 +146,24 @@ def test_typed_overflowing_shape_is_invalid_argument(channel):
         vae_codec_pb2_grpc.VaeCodecStub(channel).Encode(request, timeout=10)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "frames.shape" in info.value.details()
+
+
+def test_unparseable_request_bytes_are_invalid_argument(channel, codec_server):
+    garbage = b"\xff\xff\xff\xff\x0f"  # a truncated varint: no message parses from it
+    calls = {
+        "/genaug.v1.VaeCodec/Encode": channel.unary_unary("/genaug.v1.VaeCodec/Encode"),
+        "/inference.GRPCInferenceService/ModelInfer": channel.unary_unary(
+            "/inference.GRPCInferenceService/ModelInfer"
+        ),
+    }
+    for name, call in calls.items():
+        with pytest.raises(grpc.RpcError) as info:
+            call(garbage, timeout=10)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, name
+        assert info.value.details() == "request: 5 bytes are not a valid message"
+    stream = channel.stream_stream("/genaug.v1.VaeCodec/EncodeStream")
+    with pytest.raises(grpc.RpcError) as info:
+        list(stream(iter([garbage]), timeout=10))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "request[0]" in info.value.details()
+    assert _triton(codec_server).is_server_ready()

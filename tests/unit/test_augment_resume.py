@@ -254,7 +254,7 @@ def test_relative_paths_reference_frames_and_report(tmp_path, monkeypatch):
     assert "Real vs synthetic" in html and "te-" not in html
     assert (Path("out/report/contact_sheet.png")).stat().st_size > 0
     for item in layout.load_dataset("out", NAME, "train"):
-        npy = np.load(item.path.with_name(item.extra["npy_file"]))
+        npy = np.load(item.path.with_name(item.extra["npy_file"]), allow_pickle=False)
         assert npy.shape == (8, 1, 16, 16) and npy.dtype == np.float32
 
 

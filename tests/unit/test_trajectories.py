@@ -283,7 +283,7 @@ def test_atomic_saves_round_trip_without_pickle(tmp_path) -> None:
         assert int(data["resolution"]) == 4 and int(data["max_length"]) == result.max_length
     # Overwrite in place, still no temporary left over.
     save_npy_atomic(tmp_path / "clip.npy", np.zeros(2))
-    assert np.load(tmp_path / "clip.npy").shape == (2,)
+    assert np.load(tmp_path / "clip.npy", allow_pickle=False).shape == (2,)
     assert len(list(tmp_path.iterdir())) == 3
 
 
