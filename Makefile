@@ -11,13 +11,19 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: demo test lint protos install clean models
+.PHONY: demo test lint protos install clean models soak
 
 demo: install
 	$(VENV)/bin/genaug demo
 
 test: install lint
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# Reliability soak (not part of make test): >= 1000 hostile requests per service; per-service
+# JSON under runs/soak/.
+soak: install
+	GENAUG_FUZZ_EXAMPLES=$${GENAUG_FUZZ_EXAMPLES:-250} GENAUG_FUZZ_RESULTS=runs/soak \
+		$(PY) -m pytest -q -p no:cacheprovider tests/fuzz $(PYTEST_ARGS)
 
 # Re-train the bundled models with their recipe (deploy/model-repository/MODEL_CARD.md; about
 # 80 min on 2 CPU cores; resumable) and install them into deploy/model-repository.

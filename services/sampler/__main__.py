@@ -9,6 +9,7 @@ from services.common.entrypoint import service_main
 from services.common.server import ModelServer, TypedService
 from services.sampler.backend import SamplerBackend
 from services.sampler.engine import ContinuousBatchingEngine
+from services.sampler.limits import RequestLimits
 from services.sampler.servicer import SamplerServicer
 
 
@@ -82,6 +83,19 @@ def add_arguments(parser) -> None:
         default=7.5,
         help="classifier-free guidance when a request sets 0 (default 7.5)",
     )
+    limits = RequestLimits()
+    parser.add_argument(
+        "--max-frames",
+        type=int,
+        default=limits.max_frames,
+        help=f"frames of one generated clip (default {limits.max_frames})",
+    )
+    parser.add_argument(
+        "--max-frame-side",
+        type=int,
+        default=limits.max_frame_side,
+        help=f"pixels of a reference frame's longer side (default {limits.max_frame_side})",
+    )
     parser.add_argument(
         "--num-classes",
         type=int,
@@ -101,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
             args.num_classes,
             args.default_steps,
             args.default_guidance,
+            RequestLimits(max_frames=args.max_frames, max_frame_side=args.max_frame_side),
         )
         return build_server(config, backend, args.max_batch_size, args.max_queue)
 

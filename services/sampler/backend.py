@@ -24,11 +24,9 @@ from services.models.ldm.serialization import load_unet
 from services.models.ldm.unet import SequenceUNet
 from services.models.runtime import resolve_device, resolve_dtype
 from services.models.vae_codec import VaeCodec
+from services.sampler.limits import RequestLimits
 
 logger = logging.getLogger(__name__)
-
-MAX_STEPS = 1000
-MAX_GUIDANCE = 50.0
 
 
 def _tensor(message, field: str) -> torch.Tensor | None:
@@ -59,6 +57,7 @@ class SamplerBackend:
         num_classes: int = 3,
         default_steps: int = 50,
         default_guidance: float = 7.5,
+        limits: RequestLimits | None = None,
     ):
         self.model_dir = Path(model_dir)
         self.device = resolve_device(device)
@@ -67,6 +66,7 @@ class SamplerBackend:
         self.num_classes = num_classes
         self.default_steps = default_steps
         self.default_guidance = default_guidance
+        self.limits = limits or RequestLimits()
         self.sampler: SequenceSampler | None = None
         self.provenance = ""
         self.classes: list[str] = []
@@ -154,6 +154,7 @@ class SamplerBackend:
 
     def build(self, request, deadline: Deadline) -> SamplingRequest:
         """Validate a GenerateRequest and gather its conditions (fetching missing ones)."""
+        self.limits.check(request)
         cfg = self.sampler.unet.config
         c = request.conditions
         if cfg.num_classes and not 0 <= request.class_id < cfg.num_classes:
@@ -162,11 +163,13 @@ class SamplerBackend:
                 f"{request.class_id} is not in [0, {cfg.num_classes}) ({', '.join(self.classes)})",
             )
         steps = request.steps or self.default_steps
-        if not 1 <= steps <= MAX_STEPS:
-            raise InvalidArgument("steps", f"{steps} is not in [1, {MAX_STEPS}]")
+        if not 1 <= steps <= self.limits.max_steps:
+            raise InvalidArgument("steps", f"{steps} is not in [1, {self.limits.max_steps}]")
         guidance = request.guidance_scale or self.default_guidance
-        if not 0 < guidance <= MAX_GUIDANCE:
-            raise InvalidArgument("guidance_scale", f"{guidance} is not in (0, {MAX_GUIDANCE}]")
+        if not 0 < guidance <= self.limits.max_guidance:
+            raise InvalidArgument(
+                "guidance_scale", f"{guidance} is not in (0, {self.limits.max_guidance}]"
+            )
         solver = request.solver or "ddim"
         if solver not in SOLVERS:
             raise InvalidArgument("solver", f"{solver!r} is not one of {', '.join(SOLVERS)}")
@@ -178,7 +181,9 @@ class SamplerBackend:
         if reference is not None:
             prior, motion, traj, mask = self._fetch(reference, prior, motion, traj, mask, deadline)
         text = _tensor(c.text_embedding, "conditions.text_embedding")
-        if text is None and c.text:
+        if text is not None:
+            self._check_text(text)
+        elif c.text:
             text = torch.from_numpy(np.array(self.encode_text([c.text], deadline)[0]))
         num_frames = request.num_frames or (
             motion.shape[0] + 1
@@ -207,6 +212,18 @@ class SamplerBackend:
             trajectory_mask=mask,
             latent_size=latent_size,
         )
+
+    def _check_text(self, text: torch.Tensor) -> None:
+        """A caller's text embedding must have the model's token width (else a matmul deep
+        in the UNet fails, and with it every request batched in the same step)."""
+        cfg = self.sampler.unet.config
+        width = cfg.text_embed_dim or cfg.cross_attention_dim
+        tokens = self.limits.max_text_tokens
+        if text.dim() != 2 or text.shape[1] != width or not 1 <= text.shape[0] <= tokens:
+            raise InvalidArgument(
+                "conditions.text_embedding",
+                f"must be FP32 (L, {width}) with 1 <= L <= {tokens}, got {list(text.shape)}",
+            )
 
     def _fetch(self, reference, prior, motion, traj, mask, deadline):
         frames = reference.numpy()

@@ -1,0 +1,73 @@
+"""Drive hostile requests at a live server and account for every status code it answers.
+
+A caller's mistake must never be INTERNAL or UNKNOWN; the server must stay SERVING and its
+memory must come back near where it started.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import resource
+from pathlib import Path
+
+import grpc
+
+from clients.rpc.health import check
+
+FORBIDDEN = {grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN}
+# make test runs a few dozen cases per RPC; make soak sets GENAUG_FUZZ_EXAMPLES=1000 or more.
+EXAMPLES = int(os.environ.get("GENAUG_FUZZ_EXAMPLES", "40"))
+RESULTS = os.environ.get("GENAUG_FUZZ_RESULTS")  # a folder: per-service JSON for make soak
+
+
+class Tally:
+    """Status codes seen per RPC; the offending details of every forbidden one."""
+
+    def __init__(self, service: str):
+        self.service = service
+        self.codes: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+        self.forbidden: list[str] = []
+        self.rss_before_kib = _rss_kib()
+
+    def call(self, method: str, fn, request, timeout: float = 5.0) -> grpc.StatusCode:
+        try:
+            response = fn(request, timeout=timeout)
+            if hasattr(response, "__iter__") and not hasattr(response, "ListFields"):
+                for _ in response:  # a server stream: drain it
+                    pass
+            code = grpc.StatusCode.OK
+        except grpc.RpcError as error:
+            code = error.code()
+            if code in FORBIDDEN:
+                self.forbidden.append(f"{method}: {code.name}: {error.details()}")
+        self.codes[method][code.name] += 1
+        return code
+
+    def cases(self) -> int:
+        return sum(sum(c.values()) for c in self.codes.values())
+
+    def report(self, channel: grpc.Channel, health_service: str = "") -> dict:
+        status = check(channel, health_service, timeout=10)
+        summary = {
+            "service": self.service,
+            "cases": self.cases(),
+            "codes": {m: dict(c) for m, c in sorted(self.codes.items())},
+            "internal_or_unknown": len(self.forbidden),
+            "health_after": status,
+            "rss_kib_before": self.rss_before_kib,
+            "rss_kib_after": _rss_kib(),
+        }
+        if RESULTS:
+            Path(RESULTS).mkdir(parents=True, exist_ok=True)
+            (Path(RESULTS) / f"fuzz-{self.service}.json").write_text(json.dumps(summary, indent=1))
+        return summary
+
+
+def _rss_kib() -> int:
+    """Current resident set of this process (the servers run in it), from /proc."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
