@@ -22,7 +22,7 @@ test: install lint
 # Reliability soak (not part of make test): >= 1000 hostile requests per service; per-service
 # JSON under runs/soak/.
 soak: install
-	GENAUG_FUZZ_EXAMPLES=$${GENAUG_FUZZ_EXAMPLES:-250} GENAUG_FUZZ_RESULTS=runs/soak \
+	GENAUG_FUZZ_EXAMPLES=$${GENAUG_FUZZ_EXAMPLES:-350} GENAUG_FUZZ_RESULTS=runs/soak \
 		$(PY) -m pytest -q -p no:cacheprovider tests/fuzz $(PYTEST_ARGS)
 
 # Re-train the bundled models with their recipe (deploy/model-repository/MODEL_CARD.md; about
