@@ -1,8 +1,16 @@
 """One shard of an augmentation job, from the dataset to the kept clips and the report.
 
-Phases, each resumable from the manifest: generate every missing work item into the pool;
-filter the whole pool once (verdicts recorded); write the kept clips; rebuild the metadata
-from every shard's manifest; report.
+`run_job` runs the phases in order; each is a function that returns what the next one needs,
+and each resumes from the shard's manifest (`clients.augment.manifest`):
+
+1. `open_shard`: plan the job (`plan_job`), check it against `job.json`, open the manifest;
+2. `resume_state`: what the manifest says is finished (pool files it lost are adopted);
+3. `generate_phase`: every missing work item into the pool, with the references' conditions
+   (`open_references`);
+4. `filter_phase`: the pool's verdicts, asked of the filter once and recorded
+   (`clients.augment.filtering`); with job-scope filtering a shard may wait for the others;
+5. `write_phase`: the kept clips written, the metadata rebuilt from every shard's manifest;
+6. `finish`: the report and the `done` event.
 """
 
 from __future__ import annotations
@@ -10,45 +18,56 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections import Counter, OrderedDict
-from dataclasses import dataclass, field
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import ExitStack, closing, contextmanager, nullcontext
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from tqdm import tqdm
-
 from clients.augment import output
+from clients.augment.filtering import FilterSettings, PoolVerdicts, job_verdicts, pool_verdicts
 from clients.augment.generation import GenerationSettings, generate_all
 from clients.augment.manifest import (
     Manifest,
     OutputLock,
+    ShardState,
     all_written,
     check_job,
     manifest_path,
     pool_path,
     shard_state,
-    state_dir,
 )
 from clients.augment.options import AugmentOptions, channel_settings
-from clients.augment.plan import WorkItem, build_plan, class_targets, shard
+from clients.augment.plan import WorkItem, build_plan, class_targets
+from clients.augment.plan import shard as shard_items
+from clients.augment.progress import Progress
 from clients.augment.references import ReferenceConditions
 from clients.augment.replicas import JobFailed, ReplicaPool
 from clients.rpc.channel import open_channel
-from clients.rpc.errors import GenAugError
+from clients.rpc.encoder import ConditionEncoderClient
+from clients.rpc.motion import MotionExtractorClient
 from services.data import layout
+
+__all__ = ["JobFailed", "JobPlan", "JobResult", "plan_job", "run_job"]
 
 logger = logging.getLogger(__name__)
 
 
-@dataclass
+@dataclass(frozen=True)
 class JobResult:
+    """What a run of one shard did; the summary and the report read it."""
+
     options: AugmentOptions
     name: str
     class_names: list[str]
     targets: dict[str, int]
     items: list[WorkItem]  # this shard's plan (the whole job's when it filtered the job)
-    verdicts: dict[str, dict]
-    band: list  # the pool-wide VAE-Seq band [low, high] (None: infinite)
-    written: dict[str, dict]
+    verdicts: dict[str, dict] = field(default_factory=dict)
+    band: list = field(default_factory=lambda: [None, None])  # pool-wide VAE-Seq [low, high]
+    # Per-class VAE-Seq bands ({"label", "low", "high", "applied", "note"}) when the filter
+    # fitted the sequential band per class (`--sequential-band class`); empty otherwise.
+    class_bands: list[dict] = field(default_factory=list)
+    written: dict[str, dict] = field(default_factory=dict)  # id -> metadata record
     generated_now: int = 0
     generation_seconds: float = 0.0
     wall_seconds: float = 0.0
@@ -58,9 +77,6 @@ class JobResult:
     report_path: Path | None = None
     # Clips of other shards still missing from the shared pool (job-scope filtering waits).
     waiting_for: int = 0
-    # Per-class VAE-Seq bands ({"label", "low", "high", "applied", "note"}) when the filter
-    # fitted the sequential band per class (`--sequential-band class`); empty otherwise.
-    class_bands: list[dict] = field(default_factory=list)
 
 
 def dataset_name(root: Path, name: str | None) -> str:
@@ -119,7 +135,7 @@ def plan_job(o: AugmentOptions) -> JobPlan:
         class_names,
         targets,
         plan,
-        shard(plan, o.shard_index, o.shard_count),
+        shard_items(plan, o.shard_index, o.shard_count),
         {item.file_name: item.text for item in train.items},
         job,
     )
@@ -136,194 +152,251 @@ def generation_options(o: AugmentOptions, name: str) -> dict:
     }
 
 
-def run_job(o: AugmentOptions, sampler_pool=None, filter_client=None) -> JobResult:
-    """Run (or continue) one shard; `sampler_pool`/`filter_client` replace the services."""
-    began = time.perf_counter()
-    p = plan_job(o)
-    out = Path(o.out)
-    check_job(out, p.job)
-    manifest = Manifest(manifest_path(out, o.shard_index, o.shard_count))
-    owned = _owned_files(p.items, manifest)
-    output.remove_stale_temporaries(out, p.name, owned)
-    scope = p.plan if job_scope(o) else p.items  # the pool this shard's verdicts cover
-    state = shard_state(manifest.records(), [w.id for w in scope])
-    for w in p.items:  # a pool file whose `generated` line was lost to a crash is complete
-        if w.id not in state.generated and pool_path(out, w.id).is_file():
-            record = {"event": "generated", "id": w.id, "adopted": True}
-            manifest.append(record)
-            state.generated[w.id] = record
-    todo = [w for w in p.items if w.id not in state.generated]
-    result = JobResult(o, p.name, p.class_names, p.targets, p.items, {}, [None, None], {})
-
-    bar = tqdm(
-        total=len(p.items),
-        initial=len(p.items) - len(todo),
-        desc=f"augment {p.name} shard {o.shard_index}/{o.shard_count}",
-        unit="clip",
-        disable=not o.progress,
-        dynamic_ncols=True,
-    )
-    _counts(bar, len(p.items) - len(todo))
-    try:
-        if todo:
-            _generate(o, p, out, todo, manifest, bar, result, sampler_pool)
-        if state.filtered is None:
-            if job_scope(o):
-                state.filtered, result.waiting_for = _job_verdicts(o, out, p.plan, filter_client)
-            else:
-                state.filtered = _filter(o, out, p.items, filter_client)
-            if state.filtered is not None:
-                manifest.append(state.filtered)
-        if state.filtered is None:
-            logger.info(
-                "shard %d/%d generated its clips; %d clips of other shards are not in the shared "
-                "pool yet: the shard that completes the pool filters it and writes the kept clips",
-                o.shard_index,
-                o.shard_count,
-                result.waiting_for,
-            )
-            result.wall_seconds = time.perf_counter() - began
-            return result
-        result.verdicts = {v["id"]: v for v in state.filtered["verdicts"]}
-        result.band = state.filtered.get("band", [None, None])
-        result.class_bands = state.filtered.get("class_bands") or []  # absent in older states
-        kept = sum(v["keep"] for v in result.verdicts.values())
-        _counts(bar, len(p.items), len(p.items), kept)
-    finally:
-        bar.close()
-    generated = shard_state(manifest.records(), []).generated.values()
-    result.replicas = dict(Counter(r.get("replica", "adopted") for r in generated))
-    texts = p.texts if "text" in o.conditions else {}
-    if job_scope(o):
-        # Any shard holding the job's verdicts writes every kept clip that no shard wrote yet.
-        with OutputLock(out):
-            written = {r["file_name"].removesuffix(".avi"): r for r in all_written(out)}
-            output.write_kept(
-                p.plan, result.verdicts, written, out, p.name, manifest, texts, o.save_npy
-            )
-        result.items, result.written = p.plan, written
-    else:
-        output.write_kept(
-            p.items, result.verdicts, state.written, out, p.name, manifest, texts, o.save_npy
-        )
-        result.written = state.written
-    result.metadata_records = output.rebuild_metadata(out, p.name)
-    result.wall_seconds = time.perf_counter() - began
-    if o.report:
-        from clients.augment.report import write_report
-
-        result.report_path = write_report(result)
-    manifest.append(
-        {
-            "event": "done",
-            "generated_now": result.generated_now,
-            "generation_seconds": round(result.generation_seconds, 3),
-            "wall_seconds": round(result.wall_seconds, 3),
-            "kept": len(state.written),
-        }
-    )
-    output.remove_stale_temporaries(out, p.name, owned)
-    return result
-
-
-def _owned_files(items: list[WorkItem], manifest: Manifest) -> list[str]:
-    """Final names of the files only this shard writes (their temporaries are its own)."""
-    owned = [f"{w.id}.{ext}" for w in items for ext in ("npz", "avi", "npy")]
-    stems = {Path(w.source_clip).stem for w in items}
-    kinds = ("prior.npy", "motion.npy", "trajectory.npz")
-    return owned + [f"{s}.{kind}" for s in stems for kind in kinds] + [manifest.path.name]
-
-
-def _generate(o, p: JobPlan, out: Path, todo, manifest, bar, result, replicas=None) -> None:
-    settings = channel_settings(o)
-    channels = []
-    encoder = motion = None
-    if o.encoder and "prior" in o.conditions:
-        from clients.rpc.encoder import ConditionEncoderClient
-
-        channels.append(open_channel(o.encoder, settings))
-        encoder = ConditionEncoderClient(channels[-1])
-    if o.motion and "motion" in o.conditions:
-        from clients.rpc.motion import MotionExtractorClient
-
-        channels.append(open_channel(o.motion, settings))
-        motion = MotionExtractorClient(channels[-1])
-    conditions = ReferenceConditions(
-        o.dataset_root, p.name, out, o.conditions, p.texts, encoder, motion, timeout=o.deadline
-    )
-    gen = GenerationSettings(o.steps, o.guidance, o.solver, o.deadline, o.max_attempts)
-    owned = replicas is None
-    replicas = replicas or ReplicaPool(o.sampler, settings)
-    counter = {"n": len(p.items) - len(todo)}
-
-    def on_done(item: WorkItem) -> None:
-        counter["n"] += 1
-        _counts(bar, counter["n"], refresh=False)
-        bar.update()
-
-    try:
-        result.generation_seconds = generate_all(
-            todo, out, manifest, replicas, conditions, gen, o.concurrency, on_done
-        )
-        result.generated_now = len(todo)
-    finally:
-        if owned:
-            replicas.close()
-        for channel in channels:
-            channel.close()
-        result.condition_sources = dict(conditions.sources)
-
-
-def _counts(bar, generated: int, filtered: int = 0, kept: int = 0, refresh: bool = True) -> None:
-    bar.set_postfix(OrderedDict(generated=generated, filtered=filtered, kept=kept), refresh=refresh)
-
-
 def job_scope(o: AugmentOptions) -> bool:
     """Whether verdicts cover the whole job's pool (shards sharing one --out) or the shard's."""
     return o.shard_count > 1 and o.filter_scope == "job"
 
 
-def _job_verdicts(o: AugmentOptions, out: Path, plan: list[WorkItem], client=None):
-    """The job's verdicts, computed once by the first shard that finds the pool complete.
+@dataclass(frozen=True)
+class Shard:
+    """What every phase works on: the options, the plan, the output folder, the manifest."""
 
-    Returns (filtered event or None, clips still missing). The K-means band and the per-case
-    means then come from the same pool as in a single run, so the shards' union equals it.
-    """
-    path = state_dir(out) / "job-verdicts.json"
-    with OutputLock(out):
-        if path.is_file():
-            return json.loads(path.read_text()), 0
-        missing = sum(not pool_path(out, w.id).is_file() for w in plan)
-        if missing:
-            return None, missing
-        filtered = _filter(o, out, plan, client)
-        layout.atomic_write_bytes(path, (json.dumps(filtered) + "\n").encode())
-        return filtered, 0
+    options: AugmentOptions
+    plan: JobPlan
+    out: Path
+    manifest: Manifest
+
+    @property
+    def job_scope(self) -> bool:
+        return job_scope(self.options)
+
+    @property
+    def pool(self) -> list[WorkItem]:
+        """The items the shard's verdicts cover: the whole job's, or the shard's own."""
+        return self.plan.plan if self.job_scope else self.plan.items
+
+    def owned_files(self) -> list[str]:
+        """Final names of the files only this shard writes (their temporaries are its own)."""
+        items = self.plan.items
+        owned = [f"{w.id}.{ext}" for w in items for ext in ("npz", "avi", "npy")]
+        stems = {Path(w.source_clip).stem for w in items}
+        kinds = ("prior.npy", "motion.npy", "trajectory.npz")
+        return owned + [f"{s}.{kind}" for s in stems for kind in kinds] + [self.manifest.path.name]
 
 
-def _filter(o: AugmentOptions, out: Path, items: list[WorkItem], client=None) -> dict:
-    channel = None
-    if o.no_filter or not o.filter:
-        client = None
-    elif client is None:
-        from clients.rpc.filter import FilterClient
+@dataclass(frozen=True)
+class Generation:
+    """What the generation phase did in this run."""
 
-        channel = open_channel(o.filter, channel_settings(o))
-        client = FilterClient(channel)
-    timeout = max(o.deadline, 60.0 + 5.0 * len(items))
-    try:
-        return output.filter_pool(
-            items,
-            out,
-            client,
-            o.filter_alpha,
-            o.duplicate_threshold,
-            o.filter_skip,
-            timeout,
-            band_scope=o.sequential_band,
+    count: int = 0
+    seconds: float = 0.0
+    condition_sources: dict[str, str] = field(default_factory=dict)  # kind -> where from
+
+
+def run_job(o: AugmentOptions, sampler_pool=None, filter_client=None) -> JobResult:
+    """Run (or continue) one shard; `sampler_pool`/`filter_client` replace the services."""
+    began = time.perf_counter()
+    shard = open_shard(o)
+    state = resume_state(shard)
+    p = shard.plan
+    todo = [w for w in p.items if w.id not in state.generated]
+    description = f"augment {p.name} shard {o.shard_index}/{o.shard_count}"
+    with Progress(description, len(p.items), len(p.items) - len(todo), o.progress) as progress:
+        generation = generate_phase(shard, todo, progress, sampler_pool)
+        pool, waiting_for = filter_phase(shard, state.filtered, filter_client)
+        if pool is not None:
+            progress.pool_filtered(pool.kept)
+    result = JobResult(
+        o,
+        p.name,
+        p.class_names,
+        p.targets,
+        p.items,
+        generated_now=generation.count,
+        generation_seconds=generation.seconds,
+        condition_sources=generation.condition_sources,
+    )
+    if pool is None:
+        logger.info(
+            "shard %d/%d generated its clips; %d clips of other shards are not in the shared "
+            "pool yet: the shard that completes the pool filters it and writes the kept clips",
+            o.shard_index,
+            o.shard_count,
+            waiting_for,
         )
-    except GenAugError as error:
-        raise JobFailed(f"filtering the pool of {len(items)} clips: {error}") from None
-    finally:
-        if channel is not None:
-            channel.close()
+        return replace(result, waiting_for=waiting_for, wall_seconds=time.perf_counter() - began)
+    written = write_phase(shard, pool, state)
+    result = replace(
+        result,
+        items=shard.pool,
+        verdicts=pool.verdicts,
+        band=pool.band,
+        class_bands=pool.class_bands,
+        written=written,
+        replicas=replica_counts(shard.manifest),
+        metadata_records=output.rebuild_metadata(shard.out, p.name),
+        wall_seconds=time.perf_counter() - began,
+    )
+    # The `done` event counts this shard's written clips; in job scope it has always counted
+    # those of its earlier runs only (kept as it was: the manifest does not change).
+    kept = len(state.written) if shard.job_scope else len(written)
+    return finish(shard, result, kept)
+
+
+def open_shard(o: AugmentOptions) -> Shard:
+    """Plan the job, record it in `--out` (or refuse a different one there), open the shard's
+    manifest and remove the temporaries a killed run of this shard left."""
+    plan = plan_job(o)
+    out = Path(o.out)
+    check_job(out, plan.job)
+    shard = Shard(o, plan, out, Manifest(manifest_path(out, o.shard_index, o.shard_count)))
+    output.remove_stale_temporaries(out, plan.name, shard.owned_files())
+    return shard
+
+
+def resume_state(shard: Shard) -> ShardState:
+    """What the manifest says is finished. A pool file whose `generated` line was lost to a
+    crash is complete (it is renamed into place whole): its line is written now."""
+    state = shard_state(shard.manifest.records(), [w.id for w in shard.pool])
+    for w in shard.plan.items:
+        if w.id not in state.generated and pool_path(shard.out, w.id).is_file():
+            record = {"event": "generated", "id": w.id, "adopted": True}
+            shard.manifest.append(record)
+            state.generated[w.id] = record
+    return state
+
+
+def generate_phase(
+    shard: Shard, todo: list[WorkItem], progress: Progress, replicas=None
+) -> Generation:
+    """Generate `todo` into the pool; `replicas` replaces the sampler replicas of `--sampler`.
+
+    Raises:
+        JobFailed: an item failed for good (the items finished before it stay in the pool).
+    """
+    if not todo:
+        return Generation()
+    o = shard.options
+    settings = GenerationSettings(o.steps, o.guidance, o.solver, o.deadline, o.max_attempts)
+    with open_references(shard) as references, _sampler_replicas(o, replicas) as samplers:
+        seconds = generate_all(
+            todo,
+            shard.out,
+            shard.manifest,
+            samplers,
+            references,
+            settings,
+            o.concurrency,
+            progress.clip_generated,
+        )
+        return Generation(len(todo), seconds, dict(references.sources))
+
+
+@contextmanager
+def open_references(shard: Shard) -> Iterator[ReferenceConditions]:
+    """The sampler's conditions of each reference clip. The condition encoder and the motion
+    extractor, when their addresses are given, compute what the dataset and the job's cache
+    lack; their channels close on exit."""
+    o, p = shard.options, shard.plan
+    settings = channel_settings(o)
+    with ExitStack() as channels:
+        encoder = motion = None
+        if o.encoder and "prior" in o.conditions:
+            channel = channels.enter_context(closing(open_channel(o.encoder, settings)))
+            encoder = ConditionEncoderClient(channel)
+        if o.motion and "motion" in o.conditions:
+            channel = channels.enter_context(closing(open_channel(o.motion, settings)))
+            motion = MotionExtractorClient(channel)
+        yield ReferenceConditions(
+            o.dataset_root,
+            p.name,
+            shard.out,
+            o.conditions,
+            p.texts,
+            encoder,
+            motion,
+            timeout=o.deadline,
+        )
+
+
+def _sampler_replicas(o: AugmentOptions, replicas):
+    """`replicas` as given (the caller closes it), else the `--sampler` replicas (closed here)."""
+    if replicas is not None:
+        return nullcontext(replicas)
+    return closing(ReplicaPool(o.sampler, channel_settings(o)))
+
+
+def filter_phase(
+    shard: Shard, recorded: dict | None, client=None
+) -> tuple[PoolVerdicts | None, int]:
+    """The verdicts of the shard's pool, and how many clips of other shards that pool still
+    waits for (job scope only; no verdicts then). `recorded` is the manifest's `filtered`
+    event, used as it is; else the filter is asked and its event appended to the manifest.
+
+    Raises:
+        JobFailed: the filter service failed.
+    """
+    waiting_for = 0
+    filtered = recorded
+    if filtered is None:
+        settings = filter_settings(shard.options)
+        if shard.job_scope:
+            filtered, waiting_for = job_verdicts(shard.plan.plan, shard.out, settings, client)
+        else:
+            filtered = pool_verdicts(shard.plan.items, shard.out, settings, client)
+        if filtered is not None:
+            shard.manifest.append(filtered)
+    return (None if filtered is None else PoolVerdicts.from_event(filtered)), waiting_for
+
+
+def filter_settings(o: AugmentOptions) -> FilterSettings:
+    target = None if o.no_filter or not o.filter else o.filter
+    return FilterSettings(
+        target=target,
+        channel=channel_settings(o) if target else None,
+        alpha=o.filter_alpha,
+        duplicate_threshold=o.duplicate_threshold,
+        skip=frozenset(o.filter_skip),
+        band_scope=o.sequential_band,
+        deadline=o.deadline,
+    )
+
+
+def write_phase(shard: Shard, pool: PoolVerdicts, state: ShardState) -> dict[str, dict]:
+    """Write every kept clip of the pool that is not written yet; returns the metadata records
+    of the pool's written clips by id."""
+    o, p = shard.options, shard.plan
+    texts = p.texts if "text" in o.conditions else {}
+    writer = output.ClipWriter(shard.out, p.name, shard.manifest, texts, o.save_npy)
+    if not shard.job_scope:
+        return {**state.written, **writer.write_kept(p.items, pool.verdicts, state.written)}
+    # Any shard holding the job's verdicts writes every kept clip that no shard wrote yet.
+    with OutputLock(shard.out):
+        written = {r["file_name"].removesuffix(".avi"): r for r in all_written(shard.out)}
+        return {**written, **writer.write_kept(p.plan, pool.verdicts, written)}
+
+
+def replica_counts(manifest: Manifest) -> dict[str, int]:
+    """Clips of this shard per sampler replica ("adopted": pool files found after a crash)."""
+    generated = shard_state(manifest.records(), []).generated.values()
+    return dict(Counter(r.get("replica", "adopted") for r in generated))
+
+
+def finish(shard: Shard, result: JobResult, kept: int) -> JobResult:
+    """Write the report (unless `--no-report`), record the `done` event and remove what a
+    killed run left; returns the result with the report's path."""
+    if shard.options.report:
+        from clients.augment.report import write_report
+
+        result = replace(result, report_path=write_report(result))
+    shard.manifest.append(
+        {
+            "event": "done",
+            "generated_now": result.generated_now,
+            "generation_seconds": round(result.generation_seconds, 3),
+            "wall_seconds": round(result.wall_seconds, 3),
+            "kept": kept,
+        }
+    )
+    output.remove_stale_temporaries(shard.out, shard.plan.name, shard.owned_files())
+    return result

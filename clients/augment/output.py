@@ -1,10 +1,10 @@
-"""Phases 2 and 3: filter the shard's pool, write the kept clips, rebuild the metadata."""
+"""Phase 3: write the kept clips, rebuild the metadata; clear what a killed run left behind."""
 
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +18,6 @@ from clients.augment.manifest import (
     state_dir,
 )
 from clients.augment.plan import WorkItem
-from clients.rpc.filter import FilterClient, PoolClip
 from services.data import layout
 
 logger = logging.getLogger(__name__)
@@ -30,102 +29,38 @@ def to_uint8(frames: np.ndarray) -> np.ndarray:
     return np.clip((grey + 1.0) * 127.5, 0, 255).round().astype(np.uint8)
 
 
-def _finite(value: float) -> float | None:
-    return float(value) if math.isfinite(value) else None
+@dataclass(frozen=True)
+class ClipWriter:
+    """Writes kept clips into the output dataset, each followed by its `written` event.
 
-
-def filter_pool(
-    items: list[WorkItem],
-    out: Path,
-    client: FilterClient | None,
-    alpha: float,
-    duplicate_threshold: float,
-    skip: Iterable[str],
-    timeout: float,
-    band_scope: str = "pool",
-) -> dict:
-    """The `filtered` manifest event for this pool (the verdicts, in pool order).
-
-    `band` is the pool-wide VAE-Seq band [low, high] (None for an infinite bound); with
-    `band_scope` "class", `class_bands` lists the per-class bands the filter judged with
-    ({"label", "low", "high", "applied", "note"}, in label order; empty with "pool"; events
-    written before the option existed have no `class_bands`).
+    Attributes:
+        texts: source clip -> its text, recorded in the metadata (empty without text
+            conditions).
+        save_npy: also write each clip's float32 frames as `<id>.npy`.
     """
-    if client is None or not items:
-        verdicts = [{"id": w.id, "keep": True, "reasons": ["note: not filtered"]} for w in items]
-        return {
-            "event": "filtered",
-            "filter": "none",
-            "verdicts": verdicts,
-            "band": [None, None],
-            "class_bands": [],
-        }
 
-    def clips():
+    out: Path
+    name: str
+    manifest: Manifest
+    texts: dict[str, str]
+    save_npy: bool
+
+    def write_kept(
+        self, items: list[WorkItem], verdicts: dict[str, dict], written: dict[str, dict]
+    ) -> dict[str, dict]:
+        """Write every kept clip of `items` not in `written` yet, in plan order; returns the
+        metadata records of the clips written now, by id."""
+        new = {}
         for w in items:
-            yield PoolClip(w.id, w.source_clip, w.class_id, load_pool(pool_path(out, w.id))[1])
+            verdict = verdicts[w.id]
+            if verdict["keep"] and w.id not in written:
+                new[w.id] = self.write(w, verdict)
+        return new
 
-    skip = set(skip)
-    result = client.filter_pool(
-        clips(),
-        alpha=alpha,
-        duplicate_threshold=duplicate_threshold,
-        skip_semantic="semantic" in skip,
-        skip_sequential="sequential" in skip,
-        skip_duplicates="duplicates" in skip,
-        band_scope=band_scope,
-        timeout=timeout,
-    )
-    verdicts = [
-        {
-            "id": v.clip_id,
-            "keep": v.keep,
-            "cross_entropy": _finite(v.cross_entropy),
-            "vae_seq": _finite(v.vae_seq),
-            "max_duplicate_similarity": _finite(v.max_duplicate_similarity),
-            "reasons": list(v.reasons),
-            "rejected_by": v.rejected_by,
-        }
-        for v in result.verdicts
-    ]
-    band = [_finite(result.vae_seq_low), _finite(result.vae_seq_high)]
-    class_bands = [
-        {
-            "label": b.label,
-            "low": _finite(b.low),
-            "high": _finite(b.high),
-            "applied": b.applied,
-            "note": b.note,
-        }
-        for b in result.class_bands
-    ]
-    return {
-        "event": "filtered",
-        "filter": "service",
-        "verdicts": verdicts,
-        "band": band,
-        "class_bands": class_bands,
-    }
-
-
-def write_kept(
-    items: list[WorkItem],
-    verdicts: dict[str, dict],
-    written: dict[str, dict],
-    out: Path,
-    name: str,
-    manifest: Manifest,
-    texts: dict[str, str],
-    save_npy: bool,
-) -> int:
-    """Write every kept clip not written yet (atomically), then its `written` event."""
-    folder = layout.dataset_dir(out, name)
-    count = 0
-    for w in items:
-        verdict = verdicts[w.id]
-        if not verdict["keep"] or w.id in written:
-            continue
-        _, frames = load_pool(pool_path(out, w.id))
+    def write(self, w: WorkItem, verdict: dict) -> dict:
+        """Write one clip atomically, then its `written` event; returns its metadata record."""
+        folder = layout.dataset_dir(self.out, self.name)
+        _, frames = load_pool(pool_path(self.out, w.id))
         layout.write_clip(folder / f"{w.id}.avi", to_uint8(frames))
         record = {
             "file_name": f"{w.id}.avi",
@@ -134,18 +69,16 @@ def write_kept(
             "source_clip": w.source_clip,
             "seed": w.seed,
         }
-        if texts.get(w.source_clip):
-            record["text"] = texts[w.source_clip]
+        if self.texts.get(w.source_clip):
+            record["text"] = self.texts[w.source_clip]
         for key in ("cross_entropy", "vae_seq", "max_duplicate_similarity"):
             if verdict.get(key) is not None:
                 record[key] = round(verdict[key], 6)
-        if save_npy:
+        if self.save_npy:
             layout.save_npy(folder / f"{w.id}.npy", np.asarray(frames, np.float32))
             record["npy_file"] = f"{w.id}.npy"
-        manifest.append({"event": "written", "id": w.id, "record": record})
-        written[w.id] = record
-        count += 1
-    return count
+        self.manifest.append({"event": "written", "id": w.id, "record": record})
+        return record
 
 
 def rebuild_metadata(out: Path, name: str) -> int:

@@ -84,8 +84,8 @@ def _num(value) -> str:
 def _class_bands(result) -> list[tuple[str, dict]]:
     """(class name, band) per class band of the filtered event, in label order; empty for the
     pool-wide scope and for states written before per-class bands existed."""
-    names = list(getattr(result, "class_names", None) or [])
-    bands = sorted(getattr(result, "class_bands", None) or [], key=lambda b: b.get("label", 0))
+    names = result.class_names
+    bands = sorted(result.class_bands, key=lambda b: b.get("label", 0))
     out = []
     for band in bands:
         label = int(band.get("label", 0))

@@ -9,7 +9,8 @@ from clients.rpc.errors import translate_errors
 from genaug import wire
 from genaug.v1 import vae_codec_pb2, vae_codec_pb2_grpc
 
-# Above this size the ~1 MiB chunk stream is faster than one message (docs/environment.md).
+# Above this size the ~1 MiB chunk stream is faster than one message (`python -m
+# benchmarks.transport`; its figures are in benchmarks/results/transport.json).
 STREAM_THRESHOLD_BYTES = 4 << 20
 
 

@@ -90,7 +90,8 @@ class FilterClient:
         band_scope: str = "pool",
         timeout: float | None = None,
     ) -> FilterResult:
-        """Filter a pool; `clips` is consumed lazily (a generator keeps one clip in memory).
+        """The FilterPool RPC: verdicts for a pool; `clips` is consumed lazily (a generator keeps
+        one clip in memory).
 
         `band_scope`: "pool" (the reference) fits the sequential VAE-Seq band on the whole pool;
         "class" fits one per class label, each clip judged against its class's band.

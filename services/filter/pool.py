@@ -194,8 +194,8 @@ def _fmt(x: float) -> str:
     return f"{x:.3g}"
 
 
-def filter_pool(clips: Sequence[ClipScores], options: PoolOptions | None = None) -> PoolResult:
-    """Verdicts for a pool, in the order of `clips`."""
+def judge_pool(clips: Sequence[ClipScores], options: PoolOptions | None = None) -> PoolResult:
+    """Verdicts for a pool, in the order of `clips` (the algorithm behind the FilterPool RPC)."""
     opts = options or PoolOptions()
     verdicts = [Verdict(c.clip_id, True, float(c.cross_entropy), float(c.vae_seq)) for c in clips]
 

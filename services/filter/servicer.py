@@ -104,7 +104,7 @@ class FilterServicer(filter_pb2_grpc.FilterServicer):
         if not scores:
             raise InvalidArgument("clips", "the pool has no clips")
         deadline.check("pool decisions")
-        return _response(pool.filter_pool(scores, options))
+        return _response(pool.judge_pool(scores, options))
 
     def _validated_clip(self, clip_msg, i: int, shape, first_index: dict[str, int]):
         """Checks ids, label and tensor of `clips[i]`; returns the clip array."""

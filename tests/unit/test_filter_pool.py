@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from services.filter import pool
-from services.filter.pool import ClipScores, PoolOptions, filter_pool
+from services.filter.pool import ClipScores, PoolOptions, judge_pool
 
 T, D = 8, 64
 
@@ -58,7 +58,7 @@ def pool_clips() -> list[ClipScores]:
 
 
 def test_each_bad_clip_is_rejected_by_the_right_level(pool_clips):
-    result = filter_pool(pool_clips)
+    result = judge_pool(pool_clips)
     by_id = {v.clip_id: v for v in result.verdicts}
     assert [v.clip_id for v in result.verdicts] == [c.clip_id for c in pool_clips]
     assert result.band.applied and result.band.low < result.band.high
@@ -108,7 +108,7 @@ def test_fewer_distinct_values_than_k_leave_the_band_off():
     latents = _smooth(rng, 0.9)
     clips = [_clip(f"c{i}", "a", latents) for i in range(3)]
     clips += [_clip("s", "a", _static(rng))]
-    result = filter_pool(clips, PoolOptions(duplicates=False))
+    result = judge_pool(clips, PoolOptions(duplicates=False))
     assert not result.band.applied
     assert (result.band.low, result.band.high) == (-math.inf, math.inf)
     note = "note: sequential band not applied: 2 distinct vae_seq value(s) in the pool, "
@@ -122,7 +122,7 @@ def test_a_clip_rejected_earlier_is_no_reference_for_duplicates():
     first = _clip("first", "a", latents, confident=False)  # semantic reject
     second = _clip("second", "a", latents)
     other_case = _clip("other-case", "b", latents)  # same clip, other case: no comparison
-    result = filter_pool([first, second, other_case], PoolOptions(sequential=False))
+    result = judge_pool([first, second, other_case], PoolOptions(sequential=False))
     keep = {v.clip_id: (v.keep, v.rejected_by) for v in result.verdicts}
     assert keep == {
         "first": (False, "semantic"),
@@ -138,18 +138,16 @@ def test_duplicate_threshold_is_a_cosine_not_a_percentage():
     near = base + rng.normal(size=base.shape) * 0.01  # cosine ~0.997 per frame
     far = base + rng.normal(size=base.shape) * 0.1  # cosine ~0.8
     clips = [_clip("base", "a", base), _clip("near", "a", near), _clip("far", "a", far)]
-    result = filter_pool(clips, PoolOptions(sequential=False))
+    result = judge_pool(clips, PoolOptions(sequential=False))
     by_id = {v.clip_id: v for v in result.verdicts}
     assert by_id["near"].rejected_by == "duplicate" and by_id["near"].duplicate_of == "base"
     assert by_id["far"].keep and by_id["far"].max_duplicate_similarity < 0.98
-    loose = filter_pool(clips, PoolOptions(sequential=False, duplicate_threshold=0.5))
+    loose = judge_pool(clips, PoolOptions(sequential=False, duplicate_threshold=0.5))
     assert [v.keep for v in loose.verdicts] == [True, False, False]
 
 
 def test_skipped_levels_do_not_reject_but_scores_are_reported(pool_clips):
-    result = filter_pool(
-        pool_clips, PoolOptions(semantic=False, sequential=False, duplicates=False)
-    )
+    result = judge_pool(pool_clips, PoolOptions(semantic=False, sequential=False, duplicates=False))
     assert all(v.keep and v.reasons == [] for v in result.verdicts)
     by_id = {v.clip_id: v for v in result.verdicts}
     assert by_id["a-copy"].max_duplicate_similarity == pytest.approx(1.0, abs=1e-6)
@@ -162,10 +160,10 @@ def test_alpha_scales_the_case_mean():
     clips = [_clip(f"c{i}", "a", _smooth(rng, 0.9)) for i in range(3)]
     clips[0].cross_entropy, clips[1].cross_entropy, clips[2].cross_entropy = 1.0, 2.0, 3.0
     opts = dict(sequential=False, duplicates=False)
-    assert [v.keep for v in filter_pool(clips, PoolOptions(**opts)).verdicts] == [True, True, False]
-    loose = filter_pool(clips, PoolOptions(alpha=1.5, **opts))
+    assert [v.keep for v in judge_pool(clips, PoolOptions(**opts)).verdicts] == [True, True, False]
+    loose = judge_pool(clips, PoolOptions(alpha=1.5, **opts))
     assert [v.keep for v in loose.verdicts] == [True, True, True]
-    assert filter_pool(clips, PoolOptions(alpha=0.4, **opts)).verdicts[0].reasons == [
+    assert judge_pool(clips, PoolOptions(alpha=0.4, **opts)).verdicts[0].reasons == [
         "semantic: cross-entropy 1 > 0.4 x case mean 2"
     ]
 
@@ -203,7 +201,7 @@ def _two_classes(extra=()) -> list[ClipScores]:
 
 def test_the_pool_band_rejects_a_whole_class_whose_motion_differs():
     clips = _two_classes()
-    result = filter_pool(clips)  # the reference: one band over the pool
+    result = judge_pool(clips)  # the reference: one band over the pool
     assert result.class_bands == {}
     assert result.band.applied and result.band.low > max(CLASS_1)
     for c, v in zip(clips, result.verdicts, strict=True):
@@ -214,14 +212,14 @@ def test_the_pool_band_rejects_a_whole_class_whose_motion_differs():
 
 def test_class_bands_judge_each_clip_against_its_own_class():
     clips = _two_classes()
-    result = filter_pool(clips, PoolOptions(band_scope="class"))
+    result = judge_pool(clips, PoolOptions(band_scope="class"))
     assert sorted(result.class_bands) == [0, 1]
     one, zero = result.class_bands[1], result.class_bands[0]
     assert one.applied and zero.applied
     assert (one.low, one.high) == pytest.approx((53.0, 62.0))  # midpoints of 50|56, 59|65
     assert (zero.low, zero.high) == pytest.approx((78.5, 93.5))
     # The pool-wide band is still fitted and reported, unchanged by the scope.
-    reference = filter_pool(clips).band
+    reference = judge_pool(clips).band
     assert (result.band.low, result.band.high) == (reference.low, reference.high)
 
     by_id = {v.clip_id: v for v in result.verdicts}
@@ -242,8 +240,8 @@ def test_class_bands_judge_each_clip_against_its_own_class():
 
 
 def test_class_scope_with_one_class_equals_the_pool_band(pool_clips):
-    by_pool = filter_pool(pool_clips)
-    by_class = filter_pool(pool_clips, PoolOptions(band_scope="class"))
+    by_pool = judge_pool(pool_clips)
+    by_class = judge_pool(pool_clips, PoolOptions(band_scope="class"))
     band = by_class.class_bands[0]
     assert list(by_class.class_bands) == [0]
     assert (band.low, band.high) == (by_pool.band.low, by_pool.band.high)
@@ -254,7 +252,7 @@ def test_class_scope_with_one_class_equals_the_pool_band(pool_clips):
 def test_a_class_with_too_few_distinct_values_gets_no_band():
     small = [("c2-a", 2, 70.0), ("c2-b", 2, 70.0), ("c2-c", 2, 71.0)]
     clips = _two_classes(small)
-    result = filter_pool(clips, PoolOptions(band_scope="class"))
+    result = judge_pool(clips, PoolOptions(band_scope="class"))
     band = result.class_bands[2]
     assert not band.applied and (band.low, band.high) == (-math.inf, math.inf)
     assert band.note == (
@@ -268,7 +266,7 @@ def test_a_class_with_too_few_distinct_values_gets_no_band():
         else:
             assert band.note not in v.reasons and not any(r.startswith("note:") for r in v.reasons)
     # Skipping the sequential level: bands still fitted and reported, no notes, no rejections.
-    skipped = filter_pool(clips, PoolOptions(band_scope="class", sequential=False))
+    skipped = judge_pool(clips, PoolOptions(band_scope="class", sequential=False))
     assert sorted(skipped.class_bands) == [0, 1, 2] and skipped.class_bands[1].applied
     assert all(v.keep and v.reasons == [] for v in skipped.verdicts)
 
