@@ -237,9 +237,9 @@ def run_job(o: AugmentOptions, sampler_pool=None, filter_client=None) -> JobResu
         metadata_records=output.rebuild_metadata(shard.out, p.name),
         wall_seconds=time.perf_counter() - began,
     )
-    # The `done` event counts this shard's written clips; in job scope it has always counted
-    # those of its earlier runs only (kept as it was: the manifest does not change).
-    kept = len(state.written) if shard.job_scope else len(written)
+    # The `done` event counts the clips this shard's manifest records as written: in job scope
+    # the shard that completes the pool writes every shard's kept clips.
+    kept = len(shard_state(shard.manifest.records(), []).written)
     return finish(shard, result, kept)
 
 

@@ -182,6 +182,10 @@ def test_shards_filter_the_whole_job_pool_once_like_a_single_run(root, tmp_path)
     )
     assert last.waiting_for == 0
     assert data_tree(out) == data_tree(single)
+    # The shard that completed the pool wrote every kept clip, and its `done` event says so.
+    kept = len(layout.read_metadata(layout.metadata_path(out, NAME, "train")))
+    done = [r for r in read_records(manifest_path(out, 0, 2)) if r["event"] == "done"]
+    assert kept > 0 and done[-1]["kept"] == kept
     # A re-run of the first shard uses the recorded verdicts and writes nothing twice.
     run_job(options(root, out, shard_index=1, shard_count=2), FakePool(FakeSampler()), PoolFilter())
     assert data_tree(out) == data_tree(single)
