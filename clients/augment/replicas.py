@@ -1,10 +1,12 @@
 """Generation spread over sampler replicas, with retries that never compute twice.
 
 Several explicit addresses get one channel each and a client-side round robin that skips a
-replica for a cool-down after a transient failure; a single `dns:///name:port` target gets one
-channel with gRPC's `round_robin` policy over every address the name resolves to. A failed
-call is retried with backoff on the next replica with the SAME request id: a replica that
-already ran it returns its result instead of computing again.
+replica for a cool-down after a transient failure; a single `dns:///name:port` target (a
+headless Service) gets one channel with gRPC's `round_robin` policy over every address the name
+resolves to (clients.rpc.channel), whose next call already goes to another address, so it is
+not cooled down. A failed call is retried with backoff on the next replica with the SAME
+request id: a replica that already ran it returns its result instead of computing again; one
+that was draining or shut down (UNAVAILABLE) never finished it.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from dataclasses import dataclass
 
 import grpc
 
-from clients.rpc.channel import ChannelSettings, open_channel
+from clients.rpc.channel import ChannelSettings, balancing_for, open_channel
 from clients.rpc.errors import GenAugError
 from clients.rpc.sampler import GeneratedClip, SamplerClient
 
@@ -44,6 +46,7 @@ class Replica:
     target: str
     client: SamplerClient
     channel: grpc.Channel
+    balanced: bool = False  # one channel balancing over several addresses
     down_until: float = 0.0
     failures: int = 0
     completed: int = 0
@@ -68,9 +71,9 @@ class ReplicaPool:
         settings.retry_attempts = 1
         self.replicas = []
         for target in targets:
-            lb = "round_robin" if target.startswith("dns:") else None
-            channel = open_channel(target, _with_lb(settings, lb))
-            self.replicas.append(Replica(target, SamplerClient(channel), channel))
+            channel = open_channel(target, settings)
+            balanced = balancing_for(target) is not None
+            self.replicas.append(Replica(target, SamplerClient(channel), channel, balanced))
         self.cooldown = cooldown
         self._next = 0
         self._lock = threading.Lock()
@@ -90,7 +93,7 @@ class ReplicaPool:
     def failed(self, replica: Replica, error: GenAugError) -> None:
         with self._lock:
             replica.failures += 1
-            if error.code == grpc.StatusCode.UNAVAILABLE:
+            if error.code == grpc.StatusCode.UNAVAILABLE and not replica.balanced:
                 factor = 2 ** min(3, replica.failures - 1)
                 replica.down_until = time.monotonic() + self.cooldown * factor
 
@@ -103,14 +106,6 @@ class ReplicaPool:
     def close(self) -> None:
         for replica in self.replicas:
             replica.channel.close()
-
-
-def _with_lb(settings: ChannelSettings, policy: str | None) -> ChannelSettings:
-    if policy is None:
-        return settings
-    copy = ChannelSettings(**vars(settings))
-    copy.load_balancing = policy
-    return copy
 
 
 class JobFailed(Exception):

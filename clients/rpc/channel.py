@@ -1,4 +1,10 @@
-"""Channels to the services: TLS, bearer token, message limits, retries, default deadline."""
+"""Channels to the services: TLS, bearer token, message limits, retries, default deadline.
+
+A target that may resolve to several addresses ("dns:///sampler-headless:50053", a Kubernetes
+headless Service, or an "ipv4:a:p,b:p" list) is balanced with gRPC's round_robin over all of
+them; servers recycle connections (max connection age, GOAWAY), and on reconnecting the channel
+re-resolves the name (at most every 30 s, gRPC's default), so replicas added later get work.
+"""
 
 from __future__ import annotations
 
@@ -23,8 +29,8 @@ class ChannelSettings:
         retry_attempts: attempts for calls failing with UNAVAILABLE (1 disables retries).
         token: bearer token sent as `authorization: Bearer <token>`.
         ca_cert / client_cert / client_key: PEM files for TLS / mutual TLS.
-        load_balancing: gRPC load-balancing policy, e.g. "round_robin" over every address a
-            "dns:///name:port" target resolves to (default: pick_first).
+        load_balancing: gRPC load-balancing policy; None: round_robin for targets that may
+            resolve to several addresses ("dns:", "ipv4:", "ipv6:"), pick_first otherwise.
     """
 
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
@@ -36,6 +42,24 @@ class ChannelSettings:
     client_key: Path | None = None
     server_name_override: str | None = None
     load_balancing: str | None = None
+
+
+# Resolver schemes whose targets may stand for several addresses.
+BALANCED_SCHEMES = ("dns:", "ipv4:", "ipv6:")
+
+
+def balancing_for(target: str) -> str | None:
+    """The load-balancing policy a target gets by default."""
+    return "round_robin" if target.startswith(BALANCED_SCHEMES) else None
+
+
+def with_load_balancing(settings: ChannelSettings, policy: str | None) -> ChannelSettings:
+    """`settings` with `policy` (a copy; unchanged settings when policy is None)."""
+    if policy is None:
+        return settings
+    copy = ChannelSettings(**vars(settings))
+    copy.load_balancing = policy
+    return copy
 
 
 def _service_config(attempts: int, load_balancing: str | None = None) -> str:
@@ -124,6 +148,8 @@ def channel_options(settings: ChannelSettings) -> list[tuple[str, object]]:
 def open_channel(target: str, settings: ChannelSettings | None = None) -> grpc.Channel:
     """A channel to `target` ("host:port", or "dns:///name:port" for client-side balancing)."""
     settings = settings or ChannelSettings()
+    if settings.load_balancing is None:
+        settings = with_load_balancing(settings, balancing_for(target))
     options = channel_options(settings)
     if settings.ca_cert or settings.client_cert:
         credentials = grpc.ssl_channel_credentials(

@@ -31,6 +31,8 @@ class ServerConfig:
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     grace_seconds: float = 30.0
     drain_seconds: float = 2.0
+    max_connection_age_s: float = 300.0
+    max_connection_age_grace_s: float = 600.0
     auth_token: str | None = None
     tls_cert: Path | None = None
     tls_key: Path | None = None
@@ -99,6 +101,20 @@ def base_parser(
         "accepting calls, so probes and balancers move away (default 2)",
     )
     g.add_argument(
+        "--max-connection-age-s",
+        type=float,
+        default=float(_env("max_connection_age_s", 300.0)),
+        help="send GOAWAY after a connection is this old (+-10%% jitter), so clients reconnect "
+        "and re-resolve and new replicas get work; 0 disables (default 300)",
+    )
+    g.add_argument(
+        "--max-connection-age-grace-s",
+        type=float,
+        default=float(_env("max_connection_age_grace_s", 600.0)),
+        help="calls in flight on an aged connection get this long to finish before it is "
+        "closed (default 600, the batch client's per-generation deadline)",
+    )
+    g.add_argument(
         "--auth-token",
         default=_env("auth_token", None),
         help="require 'authorization: Bearer <token>' (health is exempt)",
@@ -146,6 +162,8 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         max_message_bytes=args.max_message_bytes,
         grace_seconds=args.grace_seconds,
         drain_seconds=args.drain_seconds,
+        max_connection_age_s=args.max_connection_age_s,
+        max_connection_age_grace_s=args.max_connection_age_grace_s,
         auth_token=token or None,
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,

@@ -1,7 +1,8 @@
-"""Cross-cutting RPC concerns in one place: request ids, metrics, error mapping, auth.
+"""Cross-cutting RPC concerns in one place: thread pools, request ids, metrics, errors, auth.
 
-`ObservabilityInterceptor` is the outermost interceptor: it tags the request id for logging,
-counts and times every RPC, and is the ONLY place where exceptions become status codes.
+`ThreadPoolRouter` is the outermost interceptor: it only chooses the thread pool a call runs on.
+`ObservabilityInterceptor` comes next: it tags the request id for logging, counts and times
+every RPC, and is the ONLY place where exceptions become status codes.
 `BearerTokenInterceptor` sits inside it and rejects calls without the configured token.
 """
 
@@ -11,7 +12,8 @@ import hmac
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from concurrent import futures
 
 import grpc
 
@@ -149,6 +151,43 @@ class _RequestParser:
     def _messages(self, raws: Iterator[bytes]) -> Iterator[object]:
         for index, raw in enumerate(raws):
             yield self._one(raw, f"request[{index}]")
+
+
+class ThreadPoolRouter(grpc.ServerInterceptor):
+    """Runs the calls of chosen methods on their own thread pools instead of the workers.
+
+    The sync server runs every call on its `workers` pool, and a stream holds its thread until
+    it ends: once streams hold them all, health checks (the kubelet's probes) and new calls
+    wait inside gRPC, invisible to the service. grpc takes the pool of a call from its
+    behaviour's `experimental_thread_pool` (the way grpc_health's own HealthServicer offers a
+    pool of its own); this sets it per method.
+
+    Args:
+        routes: (method prefix, pool) pairs, e.g. ("/grpc.health.v1.Health/", pool) or a full
+            method name; the first matching prefix wins, unmatched methods use the workers.
+    """
+
+    def __init__(self, routes: Sequence[tuple[str, futures.ThreadPoolExecutor]]):
+        self._routes = list(routes)
+
+    def intercept_service(self, continuation, handler_call_details):
+        handler = continuation(handler_call_details)
+        if handler is None:
+            return None
+        method = handler_call_details.method
+        for prefix, pool in self._routes:
+            if method.startswith(prefix):
+                return _rewrap(handler, lambda fn, _streaming, pool=pool: _on_pool(fn, pool))
+        return handler
+
+
+def _on_pool(fn: Callable, pool: futures.ThreadPoolExecutor) -> Callable:
+    def behaviour(*args, **kwargs):
+        return fn(*args, **kwargs)
+
+    behaviour.experimental_thread_pool = pool
+    behaviour.experimental_non_blocking = getattr(fn, "experimental_non_blocking", False)
+    return behaviour
 
 
 class _Call:

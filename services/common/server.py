@@ -1,9 +1,16 @@
 """The server factory and lifecycle shared by every service.
 
 Start order: bind and start gRPC with health NOT_SERVING (so probes answer during a slow load),
-load and warm up every model, then report SERVING. On SIGTERM: NOT_SERVING, keep answering for
-`drain_seconds` so balancers move away, stop accepting calls, give in-flight calls up to
-`grace_seconds`, exit 0.
+load and warm up every model, then report SERVING. On SIGTERM: NOT_SERVING and components stop
+admitting new work, keep answering for `drain_seconds` so balancers move away, stop accepting
+calls (GOAWAY), give in-flight calls up to `grace_seconds`; shortly before that runs out,
+components hand back what is unfinished (UNAVAILABLE: the caller retries elsewhere); exit 0.
+
+Threads: calls run on `workers` threads, except health and reflection, which have small pools
+of their own, and methods a service names in `TypedService.method_threads` (streams that mostly
+wait, one per queued request), so neither probes nor queued work ever wait unseen behind busy
+workers. Connections are recycled after `max_connection_age_s` (GOAWAY; calls in flight get
+`max_connection_age_grace_s`), so clients re-resolve and balance onto new replicas.
 """
 
 from __future__ import annotations
@@ -14,8 +21,8 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent import futures
-from dataclasses import dataclass
-from typing import Protocol
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -25,7 +32,11 @@ from tritonclient.grpc import service_pb2_grpc
 from genaug.wire import DEFAULT_CHUNK_BYTES
 from services.common import kserve, metrics
 from services.common.config import ServerConfig
-from services.common.interceptors import BearerTokenInterceptor, ObservabilityInterceptor
+from services.common.interceptors import (
+    BearerTokenInterceptor,
+    ObservabilityInterceptor,
+    ThreadPoolRouter,
+)
 from services.common.model import Model
 from services.common.tls import server_credentials
 
@@ -34,6 +45,12 @@ logger = logging.getLogger(__name__)
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 MIN_MESSAGE_BYTES = DEFAULT_CHUNK_BYTES + (64 << 10)
+# Check is answered in microseconds; two threads keep it prompt while the other one is busy.
+HEALTH_THREADS = 2
+# Each Watch holds a thread while it is open; watchers beyond these wait, Check does not.
+HEALTH_WATCH_THREADS = 4
+# A reflection session (grpcurl, Postman) holds its thread while it is open.
+REFLECTION_THREADS = 2
 
 
 class Component(Protocol):
@@ -44,13 +61,45 @@ class Component(Protocol):
     def warmup(self) -> None: ...
 
 
+@runtime_checkable
+class Drains(Protocol):
+    """A component with work in flight that shutdown must settle (the sampler's engine)."""
+
+    def stop_admitting(self) -> None:
+        """Shutdown began: refuse new work (UNAVAILABLE), keep the work already admitted."""
+
+    def hand_back(self) -> None:
+        """The grace period is nearly over: end unfinished work with UNAVAILABLE now."""
+
+
 @dataclass
 class TypedService:
-    """A typed genaug.v1 servicer and how to register it (`add_XServicer_to_server`)."""
+    """A typed genaug.v1 servicer and how to register it (`add_XServicer_to_server`).
+
+    `method_threads` gives methods whose calls mostly wait (e.g. {"Generate": 72}) a thread
+    pool of that size of their own, off the `workers`.
+    """
 
     name: str
     servicer: object
     register: Callable[[object, grpc.Server], None]
+    method_threads: dict[str, int] = field(default_factory=dict)
+
+
+def connection_age_options(age_s: float, grace_s: float) -> list[tuple[str, int]]:
+    # gRPC connections are long-lived: without a maximum age a replica added by the autoscaler
+    # gets no work from clients already connected. GOAWAY makes them reconnect and re-resolve.
+    if age_s <= 0:
+        return []
+    return [
+        ("grpc.max_connection_age_ms", max(1, round(age_s * 1000))),
+        ("grpc.max_connection_age_grace_ms", max(0, round(grace_s * 1000))),
+    ]
+
+
+def hand_back_margin(grace: float) -> float:
+    """How long before the grace period ends unfinished work is handed back."""
+    return min(2.0, grace / 4)
 
 
 def message_size_options(max_bytes: int) -> list[tuple[str, int]]:
@@ -80,10 +129,15 @@ class ModelServer:
         self._ready = False
         self._server: grpc.Server | None = None
         self._metrics_server = None
+        self._stopping = threading.Event()
         self._stopped = threading.Event()
+        self._pools: list[futures.ThreadPoolExecutor] = []
         self.port: int | None = None
         self.metrics_port: int | None = None
-        self.health = health.HealthServicer(experimental_non_blocking=True)
+        # Blocking Watch (a thread per watcher, on a pool of its own): in grpc_health's
+        # non-blocking mode `set` sends to watchers under its lock while a closing watcher
+        # waits for that lock on gRPC's serving thread, so a shutdown can deadlock.
+        self.health = health.HealthServicer(experimental_non_blocking=False)
 
     # -- health -------------------------------------------------------------------------------
     def _service_names(self) -> list[str]:
@@ -108,16 +162,18 @@ class ModelServer:
                 f"--max-message-bytes {cfg.max_message_bytes} is below {MIN_MESSAGE_BYTES}: "
                 "one tensor chunk (1 MiB) and its envelope must fit in a message"
             )
-        interceptors = [ObservabilityInterceptor(cfg.service)]
+        interceptors = [
+            ThreadPoolRouter(self._reserved_pools()),
+            ObservabilityInterceptor(cfg.service),
+        ]
         if cfg.auth_token:
             interceptors.append(BearerTokenInterceptor(cfg.auth_token))
         server = grpc.server(
-            futures.ThreadPoolExecutor(
-                max_workers=cfg.workers, thread_name_prefix=f"{cfg.service}-rpc"
-            ),
+            self._pool("rpc", cfg.workers),
             interceptors=interceptors,
             options=[
                 *message_size_options(cfg.max_message_bytes),
+                *connection_age_options(cfg.max_connection_age_s, cfg.max_connection_age_grace_s),
                 # Accept client keepalive pings on idle long-lived streams.
                 ("grpc.keepalive_permit_without_calls", 1),
                 ("grpc.http2.min_ping_interval_without_data_ms", 5000),
@@ -159,6 +215,22 @@ class ModelServer:
             self.load_models()
         return port
 
+    def _pool(self, purpose: str, threads: int) -> futures.ThreadPoolExecutor:
+        pool = futures.ThreadPoolExecutor(threads, f"{self.config.service}-{purpose}")
+        self._pools.append(pool)
+        return pool
+
+    def _reserved_pools(self) -> list[tuple[str, futures.ThreadPoolExecutor]]:
+        routes = [
+            (f"/{health.SERVICE_NAME}/Watch", self._pool("health-watch", HEALTH_WATCH_THREADS)),
+            (f"/{health.SERVICE_NAME}/", self._pool("health", HEALTH_THREADS)),
+            (f"/{reflection.SERVICE_NAME}/", self._pool("reflection", REFLECTION_THREADS)),
+        ]
+        for typed in self.typed_services:
+            for method, threads in typed.method_threads.items():
+                routes.append((f"/{typed.name}/{method}", self._pool(method.lower(), threads)))
+        return routes
+
     def load_models(self) -> None:
         for component in self.components:
             component.load()
@@ -175,17 +247,30 @@ class ModelServer:
         self._set_health(SERVING)
 
     def stop(self, grace: float | None = None, drain: float = 0.0) -> None:
-        """NOT_SERVING, wait `drain`, then stop accepting and give in-flight calls `grace`."""
-        if self._server is None or self._stopped.is_set():
+        """NOT_SERVING and stop admitting, wait `drain`, stop accepting (GOAWAY), give in-flight
+        calls `grace`, handing back what is still unfinished just before it ends."""
+        if self._server is None or self._stopping.is_set():
             return
+        self._stopping.set()
         self._ready = False
         self._set_health(NOT_SERVING)
+        drains = [c for c in self.components if isinstance(c, Drains)]
+        for component in drains:
+            component.stop_admitting()
         if drain > 0:
             logger.info("draining for %.1fs before stopping", drain)
             time.sleep(drain)
         grace = self.config.grace_seconds if grace is None else grace
         logger.info("stopping; in-flight calls get up to %.1fs", grace)
-        self._server.stop(grace).wait()
+        stopped = self._server.stop(grace)
+        if not stopped.wait(max(0.0, grace - hand_back_margin(grace))):
+            if drains:
+                logger.info("grace period nearly over: handing back unfinished work")
+            for component in drains:
+                component.hand_back()
+            stopped.wait()
+        for pool in self._pools:
+            pool.shutdown(wait=False, cancel_futures=True)
         if self._metrics_server is not None:
             self._metrics_server.shutdown()
         if self._on_stop is not None:

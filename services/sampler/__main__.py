@@ -10,7 +10,7 @@ from services.common.server import ModelServer, TypedService
 from services.sampler.backend import SamplerBackend
 from services.sampler.engine import ContinuousBatchingEngine
 from services.sampler.limits import RequestLimits
-from services.sampler.servicer import SamplerServicer
+from services.sampler.servicer import SamplerServicer, generate_threads
 
 
 class SamplerRuntime:
@@ -38,6 +38,13 @@ class SamplerRuntime:
         )
         self.servicer.engine = self.engine
 
+    def stop_admitting(self) -> None:
+        if self.engine is not None:
+            self.engine.stop_admitting()
+
+    def hand_back(self) -> None:
+        self.stop()
+
     def stop(self) -> None:
         if self.engine is not None:
             self.engine.close()
@@ -52,6 +59,7 @@ def build_server(
         sampler_pb2.DESCRIPTOR.services_by_name["Sampler"].full_name,
         servicer,
         sampler_pb2_grpc.add_SamplerServicer_to_server,
+        method_threads={"Generate": generate_threads(max_batch_size, max_queue)},
     )
     server = ModelServer(config, [], [typed], on_stop=runtime.stop, components=[runtime])
     server.runtime = runtime

@@ -6,6 +6,12 @@ wait and the batch is full (their state is kept; they resume where they stopped)
 requests up to `max_batch_size`, then advances the whole batch by ONE step: the sampler runs one
 UNet forward per group of compatible requests, with each request's conditional and
 unconditional CFG rows in the same forward.
+
+Queue depth (`genaug_sampler_queue_depth`, the autoscaler's signal) counts every admitted
+request that waits for a batch slot: those still preparing their conditions, those queued, and
+paused ones. Shutdown: `stop_admitting` refuses new request ids (UNAVAILABLE, so the caller
+goes to another replica) while admitted work goes on; `close` ends what is left with
+UNAVAILABLE, which the batch client retries elsewhere under the same request id.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ import logging
 import threading
 import time
 import uuid
-from collections import OrderedDict, deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import Callable
 from typing import Protocol
 
@@ -63,6 +69,10 @@ class SamplerEngine(abc.ABC):
         """Cancel a queued or running job; its slot is freed at the next step."""
 
     @abc.abstractmethod
+    def stop_admitting(self) -> None:
+        """Refuse new request ids with UNAVAILABLE; admitted requests carry on."""
+
+    @abc.abstractmethod
     def close(self) -> None:
         """Stop the scheduler; unfinished jobs fail with UNAVAILABLE."""
 
@@ -91,11 +101,13 @@ class ContinuousBatchingEngine(SamplerEngine):
         self.max_queue = max_queue
         self._queues: dict[Priority, deque[Job]] = {p: deque() for p in Priority}
         self._running: list[Job] = []
+        self._preparing: Counter[Priority] = Counter()  # admitted, conditions being fetched
         self._jobs: dict[str, Job] = {}  # in flight, by request id
         self._done: OrderedDict[str, Job] = OrderedDict()  # finished with a clip
         self._completed_cache = completed_cache
         self._cv = threading.Condition()
         self._closed = False
+        self._admitting = True
         self._step_seconds: deque[float] = deque(maxlen=32)
         self._thread = threading.Thread(target=self._loop, name="sampler-engine", daemon=True)
         self._thread.start()
@@ -115,7 +127,9 @@ class ContinuousBatchingEngine(SamplerEngine):
                         "request_id", f"{request_id!r} was already used for a different request"
                     )
                 return known
-            waiting = sum(len(q) for q in self._queues.values())
+            if not self._admitting:
+                raise Unavailable("the sampler is draining; retry on another replica")
+            waiting = self._waiting()
             if waiting >= self.max_queue:
                 metrics.REJECTED.inc()
                 raise ResourceExhausted(
@@ -124,28 +138,43 @@ class ContinuousBatchingEngine(SamplerEngine):
                 )
             job = Job(request_id, fingerprint, priority, deadline, preview_every)
             self._jobs[request_id] = job
+            self._preparing[priority] += 1
+            self._update_gauges()
         # Conditions are fetched and embedded outside the lock: other requests keep stepping.
         try:
             job.state = self.sampler.prepare(build_request())
         except GenaugError as error:  # before ValueError: InvalidArgument is one
-            self._fail(job, error)
+            self._prepared(job, error)
             raise
         except ValueError as error:
-            self._fail(job, InvalidArgument("conditions", str(error)))
+            self._prepared(job, InvalidArgument("conditions", str(error)))
             raise InvalidArgument("conditions", str(error)) from None
         except Exception:
-            self._fail(job, Unavailable("could not prepare the request"))
+            self._prepared(job, Unavailable("could not prepare the request"))
             raise
         with self._cv:
-            if job.cancelled:
-                pass  # cancelled while preparing: _fail was already called by cancel()
+            self._preparing[priority] -= 1
+            if job.finished:
+                pass  # cancelled or handed back while preparing
+            elif job.cancelled:
+                self._retire(job, Failed(Cancelled("cancelled by the caller")), locked=True)
+            elif self._closed:
+                self._retire(job, Failed(Unavailable("the sampler shut down")), locked=True)
             else:
                 self._queues[priority].append(job)
                 job.publish(Queued(len(self._queues[priority])))
-                self._update_gauges()
                 self._cv.notify()
+            self._update_gauges()
             job.ready.set()
         return job
+
+    def _prepared(self, job: Job, error: GenaugError) -> None:
+        with self._cv:
+            self._preparing[job.priority] -= 1
+        self._fail(job, error)
+
+    def _waiting(self) -> int:
+        return sum(len(q) for q in self._queues.values()) + sum(self._preparing.values())
 
     def _retry_hint(self, waiting: int) -> float:
         step = sum(self._step_seconds) / len(self._step_seconds) if self._step_seconds else 1.0
@@ -168,13 +197,19 @@ class ContinuousBatchingEngine(SamplerEngine):
             self._fail(job, Cancelled(reason))
         return True
 
+    def stop_admitting(self) -> None:
+        with self._cv:
+            self._admitting = False
+
     def close(self) -> None:
         with self._cv:
             self._closed = True
+            unfinished = list(self._jobs.values())
             self._cv.notify_all()
-        self._thread.join(timeout=30)
-        for job in list(self._jobs.values()):
+        # Failed first, so callers hear UNAVAILABLE now rather than after the current step.
+        for job in unfinished:
             self._fail(job, Unavailable("the sampler shut down before this request finished"))
+        self._thread.join(timeout=30)
 
     # -- the scheduler ------------------------------------------------------------------------
     def _loop(self) -> None:
@@ -200,7 +235,8 @@ class ContinuousBatchingEngine(SamplerEngine):
             metrics.STEP_SECONDS.observe(seconds)
             metrics.STEP_BATCH.observe(len(batch))
             for job in batch:
-                self._after_step(job, seconds)
+                if not job.finished:  # not cancelled or handed back during the step
+                    self._after_step(job, seconds)
 
     def _after_step(self, job: Job, seconds: float) -> None:
         state = job.state
@@ -258,7 +294,12 @@ class ContinuousBatchingEngine(SamplerEngine):
         if job in self._running:
             self._running.remove(job)
         self._jobs.pop(job.request_id, None)
-        job.publish(outcome)
+        if not job.finished:  # else it already ended (e.g. handed back): count it once
+            job.publish(outcome)
+            self._count(job, outcome)
+        self._update_gauges()
+
+    def _count(self, job: Job, outcome: Finished | Failed) -> None:
         name = job.priority.name.lower()
         if isinstance(outcome, Finished):
             metrics.CLIPS.labels(name).inc()
@@ -268,7 +309,6 @@ class ContinuousBatchingEngine(SamplerEngine):
                 self._done.popitem(last=False)
         else:
             metrics.ENDED.labels(type(outcome.error).__name__).inc()
-        self._update_gauges()
 
     def _fail(self, job: Job, error: GenaugError) -> None:
         with self._cv:
@@ -277,7 +317,9 @@ class ContinuousBatchingEngine(SamplerEngine):
 
     def _update_gauges(self) -> None:
         for priority, q in self._queues.items():
-            metrics.QUEUE_DEPTH.labels(priority.name.lower()).set(len(q))
+            metrics.QUEUE_DEPTH.labels(priority.name.lower()).set(
+                len(q) + self._preparing[priority]
+            )
         metrics.RUNNING.set(len(self._running))
 
     # -- introspection (tests, health) --------------------------------------------------------
@@ -285,5 +327,8 @@ class ContinuousBatchingEngine(SamplerEngine):
         with self._cv:
             return {
                 "running": len(self._running),
-                **{f"queued_{p.name.lower()}": len(q) for p, q in self._queues.items()},
+                **{
+                    f"queued_{p.name.lower()}": len(q) + self._preparing[p]
+                    for p, q in self._queues.items()
+                },
             }

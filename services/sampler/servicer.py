@@ -18,6 +18,14 @@ from services.sampler.engine import SamplerEngine
 from services.sampler.jobs import Failed, Finished, Job, Priority, Progress, Queued
 
 POLL_SECONDS = 0.25
+# Generate threads beyond the engine's capacity: they answer overflow with RESOURCE_EXHAUSTED
+# at once and serve callers re-attaching to a known request id, so no stream waits unseen.
+SPARE_GENERATE_THREADS = 8
+
+
+def generate_threads(max_batch_size: int, max_queue: int) -> int:
+    """Threads for Generate streams: one per request the engine holds (running or waiting)."""
+    return max_batch_size + max_queue + SPARE_GENERATE_THREADS
 
 
 def fingerprint(request: pb.GenerateRequest) -> str:

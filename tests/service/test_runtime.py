@@ -15,7 +15,10 @@ from clients.rpc.channel import ChannelSettings, open_channel
 from clients.rpc.health import check
 from genaug import wire
 from genaug.v1 import tensor_pb2, vae_codec_pb2, vae_codec_pb2_grpc
+from services.common.config import ServerConfig
+from services.common.server import ModelServer
 from tests.service.conftest import codec_config, codec_with_echo, running
+from tests.service.identity import identity_service, who
 from tests.support import (
     SMALL_LATENT_CHANNELS,
     echo_stubs,
@@ -247,3 +250,39 @@ def test_augment_connection_flags_reach_a_mutual_tls_token_service(tmp_path):
                     with pytest.raises(GenAugError) as info:
                         VaeCodecClient(ch).encode(frames, timeout=10)
                     assert info.value.code == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_a_multi_address_target_is_balanced_round_robin_unless_told_otherwise():
+    """A headless Service name resolves to every replica; the channel spreads calls over them."""
+    a, b = (
+        ModelServer(ServerConfig(service="identity"), typed_services=[identity_service(name)])
+        for name in "ab"
+    )
+    with running(a), running(b):
+        target = f"ipv4:127.0.0.1:{a.port},127.0.0.1:{b.port}"
+        with open_channel(target, ChannelSettings(retry_attempts=1)) as ch:
+            seen = set()
+            for _ in range(50):
+                seen.add(who(ch)[0])
+                if seen == {"a", "b"}:
+                    break
+            assert seen == {"a", "b"}
+        pick_first = ChannelSettings(retry_attempts=1, load_balancing="pick_first")
+        with open_channel(target, pick_first) as ch:
+            assert len({who(ch)[0] for _ in range(10)}) == 1
+        with open_channel(f"dns:///localhost:{b.port}", ChannelSettings(retry_attempts=1)) as ch:
+            assert who(ch)[0] == "b"
+
+
+def test_open_health_watchers_do_not_delay_checks(channel):
+    stub = health_pb2_grpc.HealthStub(channel)
+    request = health_pb2.HealthCheckRequest(service="vae_codec")
+    watchers = [stub.Watch(request, timeout=30) for _ in range(8)]  # more than the Watch pool
+    try:
+        time.sleep(0.3)  # each open Watch now holds a thread, or waits for one
+        began = time.perf_counter()
+        assert check(channel, "vae_codec", timeout=1.0) == "SERVING"
+        assert time.perf_counter() - began < 0.5
+    finally:
+        for watcher in watchers:
+            watcher.cancel()

@@ -145,8 +145,8 @@ def test_request_ids_are_content_addressed():
 def test_a_dns_target_balances_round_robin_explicit_ones_do_not():
     import json
 
-    from clients.augment.replicas import _with_lb
     from clients.rpc.channel import ChannelSettings, channel_options
+    from clients.rpc.channel import with_load_balancing as _with_lb
 
     def policy(settings):
         config = json.loads(dict(channel_options(settings))["grpc.service_config"])
