@@ -25,7 +25,7 @@ import pydicom.errors
 from pydicom.pixels import apply_color_lut
 
 from genaug.errors import InvalidArgument
-from services.data import _video
+from services.data import video
 from services.data.safety import MAX_FRAMES, MAX_SIDE, check_dims
 from services.data.sequence import FrameSequence
 
@@ -105,7 +105,7 @@ def dicom_grey(ds: pydicom.Dataset) -> np.ndarray:
                 scale = float(1 << max(bits - 8, 0))
                 grey = np.clip((grey - 16 * scale) * (255.0 / 219.0), 0, 255 * scale)
         else:
-            grey = _video.rgb_to_luma(array)
+            grey = video.rgb_to_luma(array)
     else:
         grey = array.reshape(n_frames, rows, cols).astype(np.float32)
     modality = _MODALITY_TAGS.get(str(ds.get("Modality", "")).upper(), "us")

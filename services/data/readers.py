@@ -31,7 +31,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from genaug.errors import InvalidArgument
-from services.data import _video
+from services.data import video
 from services.data.dicom import read_dicom_file, read_dicom_folder
 from services.data.safety import MAX_FRAMES, check_dims, natural_key, resolve_within
 from services.data.sequence import FrameSequence
@@ -152,7 +152,7 @@ def read_image_files(paths: list[Path], field_name: str = "source") -> FrameSequ
                     array = np.asarray(image, dtype=np.float32)
                     value_range = None
                 else:
-                    array = _video.rgb_to_luma(np.asarray(image.convert("RGB")))
+                    array = video.rgb_to_luma(np.asarray(image.convert("RGB")))
         except InvalidArgument:  # a size check above, already naming the field
             raise
         except (UnidentifiedImageError, OSError, ValueError) as exc:
@@ -167,7 +167,7 @@ def read_image_files(paths: list[Path], field_name: str = "source") -> FrameSequ
 
 def read_video(path: Path, field_name: str = "source") -> FrameSequence:
     """Decode a video file to grey frames (values 0-255)."""
-    frames, fps = _video.decode_grey(path, field_name)
+    frames, fps = video.decode_grey(path, field_name)
     return FrameSequence(frames.astype(np.float32), "us", (0.0, 255.0), fps=fps)
 
 

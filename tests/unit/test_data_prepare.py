@@ -15,7 +15,7 @@ import pytest
 from pydicom.data import get_testdata_file
 
 from genaug.errors import InvalidArgument
-from services.data import _video, layout
+from services.data import layout, video
 from services.data.prepare import PrepareConfig, add_arguments, prepare_dataset, run
 from tests.unit.test_data_readers import _dicom
 
@@ -166,7 +166,7 @@ def _bad_dicom(path, **attrs):
 
 
 def _one_frame_clip(path):
-    _video.encode_i420_avi(path, np.zeros((1, 16, 16), np.uint8), 2.5)
+    video.encode_i420_avi(path, np.zeros((1, 16, 16), np.uint8), 2.5)
 
 
 @pytest.mark.parametrize(
