@@ -16,7 +16,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from clients.augment import output
+from clients.augment import output, preflight
 from clients.augment.generation import GenerationSettings, generate_all
 from clients.augment.manifest import (
     Manifest,
@@ -92,11 +92,12 @@ def plan_job(o: AugmentOptions) -> JobPlan:
         class_names = [str(c) for c in json.loads(Path(o.classes_file).read_text())]
     else:
         class_names = train.classes
+    preflight.report_missing_classes(o.dataset_root, name, train.classes, class_names)
     targets = class_targets(
         train.class_counts(), o.per_class, o.multiplier, True if o.balance else None
     )
     class_ids = {c: i for i, c in enumerate(class_names)}
-    plan = build_plan(train.items, targets, class_ids, o.base_seed)
+    plan = build_plan(preflight.reference_items(train.items), targets, class_ids, o.base_seed)
     job = {
         **generation_options(o, name),
         "class_names": class_names,
@@ -139,6 +140,7 @@ def generation_options(o: AugmentOptions, name: str) -> dict:
 def run_job(o: AugmentOptions, sampler_pool=None, filter_client=None) -> JobResult:
     """Run (or continue) one shard; `sampler_pool`/`filter_client` replace the services."""
     began = time.perf_counter()
+    preflight.check_output(o)  # --out at or inside --dataset-root would rewrite its metadata
     p = plan_job(o)
     out = Path(o.out)
     check_job(out, p.job)
