@@ -42,12 +42,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def sampling_defaults(model_dir: Path) -> tuple[int, float, str]:
     """(steps, guidance, where they came from): the model repository's `sampling.json`
     (written with the bundled weights: the settings their quality figures were measured with),
-    else 25 DDIM steps at guidance 3."""
-    path = model_dir / "sampling.json"
-    if path.is_file():
-        settings = json.loads(path.read_text())
-        return int(settings["steps"]), float(settings["guidance"]), str(path)
-    return 25, 3.0, "defaults (no sampling.json)"
+    else 25 DDIM steps at guidance 3 (`clients.augment.sampling_defaults`)."""
+    from clients.augment.sampling_defaults import sampling_defaults as read_defaults
+
+    defaults = read_defaults(model_dir)
+    return defaults.steps, defaults.guidance, defaults.source
 
 
 def models_fingerprint(model_dir: Path) -> str:

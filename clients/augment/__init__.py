@@ -30,14 +30,32 @@ def run_options(options: AugmentOptions):
     return run_job(options)
 
 
+def _flags() -> dict[str, str]:
+    from clients.cli import option_flags
+
+    parser = argparse.ArgumentParser(add_help=False)
+    add_arguments(parser)
+    return option_flags(parser)
+
+
 def run(args: argparse.Namespace) -> int:
+    from clients.augment import preflight
+    from clients.augment.options import channel_settings
+    from clients.cli import user_message
+    from genaug.errors import GenaugError
+
     try:
         options = resolve(args)
+        preflight.check_output(options)
     except (ValueError, OSError) as error:
-        print(f"genaug augment: {error}")
+        print(f"genaug augment: {user_message(error, _flags())}")
         return 2
+    try:  # seconds, not the minutes of the channels' retries, to learn a target is wrong
+        preflight.check_targets(options, channel_settings(options))
+    except GenaugError as error:
+        print(f"genaug augment: {error}")
+        return 1
     from clients.augment.report import summary_lines
-    from genaug.errors import GenaugError
 
     try:
         result = run_options(options)

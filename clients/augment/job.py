@@ -24,7 +24,7 @@ from contextlib import ExitStack, closing, contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from clients.augment import output
+from clients.augment import output, preflight
 from clients.augment.filtering import FilterSettings, PoolVerdicts, job_verdicts, pool_verdicts
 from clients.augment.generation import GenerationSettings, generate_all
 from clients.augment.manifest import (
@@ -108,11 +108,12 @@ def plan_job(o: AugmentOptions) -> JobPlan:
         class_names = [str(c) for c in json.loads(Path(o.classes_file).read_text())]
     else:
         class_names = train.classes
+    preflight.report_missing_classes(o.dataset_root, name, train.classes, class_names)
     targets = class_targets(
         train.class_counts(), o.per_class, o.multiplier, True if o.balance else None
     )
     class_ids = {c: i for i, c in enumerate(class_names)}
-    plan = build_plan(train.items, targets, class_ids, o.base_seed)
+    plan = build_plan(preflight.reference_items(train.items), targets, class_ids, o.base_seed)
     job = {
         **generation_options(o, name),
         "class_names": class_names,
@@ -246,6 +247,7 @@ def run_job(o: AugmentOptions, sampler_pool=None, filter_client=None) -> JobResu
 def open_shard(o: AugmentOptions) -> Shard:
     """Plan the job, record it in `--out` (or refuse a different one there), open the shard's
     manifest and remove the temporaries a killed run of this shard left."""
+    preflight.check_output(o)  # --out at or inside --dataset-root would rewrite its metadata
     plan = plan_job(o)
     out = Path(o.out)
     check_job(out, plan.job)

@@ -18,6 +18,7 @@ from pathlib import Path
 import yaml
 
 from clients.augment.references import CONDITION_KINDS
+from clients.augment.sampling_defaults import fill_sampling_defaults
 from clients.rpc.channel import ChannelSettings
 from genaug.ports import default_target
 
@@ -36,9 +37,9 @@ class AugmentOptions:
     multiplier: float | None = None
     balance: bool = False
     conditions: list[str] = field(default_factory=lambda: list(CONDITION_KINDS))
-    steps: int = 50
-    guidance: float = 7.5
-    solver: str = "ddim"
+    steps: int | None = None  # None: the generator's sampling.json (sampling_defaults)
+    guidance: float | None = None
+    solver: str | None = None
     base_seed: int = 66
     classes_file: Path | None = None
     filter_alpha: float = 1.0
@@ -65,6 +66,9 @@ class AugmentOptions:
     tls_server_name: str | None = None
     auth_token_file: Path | None = None
 
+    def __post_init__(self) -> None:
+        fill_sampling_defaults(self)
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags default to "not given" so that a YAML value is only overridden by a real flag."""
@@ -85,9 +89,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=s,
         help="conditions to use (default: prior motion text)",
     )
-    a("--steps", type=int, default=s, help="denoising steps (default 50)")
-    a("--guidance", type=float, default=s, help="classifier-free guidance scale (default 7.5)")
-    a("--solver", default=s, choices=["ddim", "dpmsolver++"], help="sampler solver (ddim)")
+    a("--steps", type=int, default=s, help="denoising steps (default: sampling.json, else 25)")
+    a("--guidance", type=float, default=s, help="CFG scale (default: sampling.json, else 3)")
+    a("--solver", default=s, choices=["ddim", "dpmsolver++"], help="(default: sampling.json)")
     a("--base-seed", type=int, default=s, help="first seed of every reference clip (default 66)")
     a("--classes-file", type=Path, default=s, help="JSON class names in sampler id order")
     a("--filter-alpha", type=float, default=s, help="semantic level alpha (default 1.0)")

@@ -1,10 +1,13 @@
 """Data ingest, preprocessing and the seed's on-disk layout (no gRPC, no other service).
 
-Modules: `readers` (DICOM/NIfTI/video/slice folders -> frames), `intensity`, `geometry`,
-`sampling` (the reference's uniform clip sampling), `layout` (reader and writer of
-`<DS>_data/` and `<DS>_volume/`), `split`, `privacy`, `builder`, `phantoms` (the bundled
-benchmark dataset) and `prepare` (`genaug prepare`). Names below are imported lazily, so
-`import services.data.layout` does not pull in pydicom or nibabel.
+Modules: `readers` (DICOM/NIfTI/video/slice folders -> frames; `dicom` for DICOM), `video`
+(the one PyAV grey decoder and the clip encoders, for ingest and the motion service),
+`modality`, `burned_in`, `intensity`, `geometry`, `sampling` (the reference's uniform clip
+sampling), `layout` (reader and writer of `<DS>_data/` and `<DS>_volume/`), `discover`,
+`split`, `privacy`, `safety` (paths, limits, outputs apart from inputs), `builder`, `phantoms`
+(the bundled benchmark dataset) and `prepare` (`genaug prepare`; its CLI is `clients.prepare`).
+Errors name this layer's parameters (`size`, `ct_window`), never CLI flags. Names below are
+imported lazily, so `import services.data.layout` does not pull in pydicom or nibabel.
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ from genaug.errors import InvalidArgument
 from services.data import layout
 from services.data.safety import check_name
 from services.data.sampling import SamplingConfig, assemble_clip, sample_clips
-from services.data.split import patient_classes, split_patients
+from services.data.split import keep_every_class_in_train, patient_classes, split_patients
 
 logger = logging.getLogger(__name__)
 
@@ -45,10 +45,16 @@ class Summary:
     slices: dict[str, dict[str, int]] = field(default_factory=dict)
     patients: dict[str, dict[str, int]] = field(default_factory=dict)
     skipped: int = 0
+    # One line per ingested sequence (number, class, modality and why, frames, clips, notes)
+    # and every warning and skip of the build, each naming its item; no identifying values.
+    items: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
     def format(self) -> str:
-        """A small text table: clips, slices and patients per class per split."""
-        rows = [f"dataset {self.name}: clips / slices / patients per class and split"]
+        """Per-item lines, then a small table (clips, slices and patients per class and split),
+        then the warnings."""
+        rows = [f"  {line}" for line in self.items]
+        rows.append(f"dataset {self.name}: clips / slices / patients per class and split")
         rows.append(f"{'split':<6} {'class':<16} {'clips':>6} {'slices':>7} {'patients':>9}")
         for split in layout.SPLITS:
             for cls in sorted(self.clips.get(split, {})):
@@ -59,6 +65,9 @@ class Summary:
                 )
         if self.skipped:
             rows.append(f"skipped sources: {self.skipped}")
+        if self.warnings:
+            rows.append(f"warnings ({len(self.warnings)}):")
+            rows.extend(f"  {line}" for line in self.warnings)
         return "\n".join(rows)
 
 
@@ -109,7 +118,7 @@ class DatasetWriter:
         self.root.mkdir(parents=True, exist_ok=True)
         finals = [layout.dataset_dir(self.root, name, kind) for kind in ("data", "volume")]
         if not overwrite and any(path.exists() for path in finals):
-            raise InvalidArgument("--name", "the dataset already exists; pass --overwrite")
+            raise InvalidArgument("name", "the dataset already exists; `overwrite` replaces it")
         _remove_stale(self.root, name)
         token = f"{os.getpid()}-{secrets.token_hex(4)}"
         self._staging = self.root / f".staging-{name}-{token}"
@@ -228,8 +237,18 @@ class DatasetWriter:
         if not self._clips:
             raise InvalidArgument("source", "no usable sequences were found")
         classes = patient_classes((r["patient"], r["cls"]) for r in self._clips)
-        assignment = split_patients(classes, test_fraction, seed)
+        assignment, moved = keep_every_class_in_train(
+            ((r["patient"], r["cls"]) for r in self._clips),
+            split_patients(classes, test_fraction, seed),
+        )
         summary = Summary(self.name, skipped=skipped)
+        for cls in moved:
+            message = (
+                f"class {cls!r}: every patient holding it went to test; one moved to train so "
+                "that augmentation (which reads the training split) keeps the class"
+            )
+            logger.warning(message)
+            summary.warnings.append(message)
         for kind, records in (("volume", self._clips), ("data", self._slices)):
             counts = summary.clips if kind == "volume" else summary.slices
             for split in layout.SPLITS:

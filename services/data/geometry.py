@@ -6,15 +6,19 @@ import cv2
 import numpy as np
 
 from genaug.errors import InvalidArgument
-from services.data.safety import MAX_SIDE
 
 DEFAULT_SIZE = 256
+MAX_SIZE = 1024
+"""Largest output side: an 8-frame I420 clip of 1024 px is 12.6 MB (8192 px would be 805 MB),
+and the generators work at 64-256 px."""
+UPSCALE_WARNING = 2.0
+"""Enlarging a source's longer side by more than this is reported per item."""
 
 
-def check_size(size: int, field: str = "--size") -> int:
-    """Require an even output side in [16, MAX_SIDE] (even: I420 clips need it)."""
-    if not isinstance(size, int) or size < 16 or size > MAX_SIDE or size % 2:
-        raise InvalidArgument(field, f"must be an even integer in [16, {MAX_SIDE}]")
+def check_size(size: int, field: str = "size") -> int:
+    """Require an even output side in [16, MAX_SIZE] (even: I420 clips need it)."""
+    if not isinstance(size, int) or size < 16 or size > MAX_SIZE or size % 2:
+        raise InvalidArgument(field, f"must be an even integer in [16, {MAX_SIZE}]")
     return size
 
 

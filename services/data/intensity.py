@@ -25,13 +25,13 @@ class IntensityConfig:
     mr_percentiles: tuple[float, float] = (0.5, 99.5)
 
     def validate(self) -> IntensityConfig:
-        """Raise InvalidArgument (naming the CLI flag) for an empty or inverted range."""
+        """Raise InvalidArgument (naming the parameter) for an empty or inverted range."""
         low, high = self.ct_window
         if not (np.isfinite(low) and np.isfinite(high) and low < high):
-            raise InvalidArgument("--ct-window", "needs LOW < HIGH")
+            raise InvalidArgument("ct_window", "needs LOW < HIGH")
         p_low, p_high = self.mr_percentiles
         if not 0.0 <= p_low < p_high <= 100.0:
-            raise InvalidArgument("--mr-percentiles", "needs 0 <= LOW < HIGH <= 100")
+            raise InvalidArgument("mr_percentiles", "needs 0 <= LOW < HIGH <= 100")
         return self
 
 
@@ -69,7 +69,7 @@ def normalize(
         if value_range is None:
             value_range = (float(frames.min()), float(frames.max()))
         return _scale(frames, *value_range)
-    raise InvalidArgument("--modality", f"unknown modality {modality!r}; use {MODALITIES}")
+    raise InvalidArgument("modality", f"unknown modality {modality!r}; use {MODALITIES}")
 
 
 def to_uint8(unit: np.ndarray) -> np.ndarray:

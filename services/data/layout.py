@@ -34,7 +34,7 @@ import cv2
 import numpy as np
 
 from genaug.errors import InvalidArgument, NotFound
-from services.data import _video
+from services.data import video
 from services.data.safety import check_dims, check_name, resolve_within
 
 logger = logging.getLogger(__name__)
@@ -196,7 +196,7 @@ def write_clip(
         raise InvalidArgument("frames.shape", f"height and width must be even, got {h}x{w}")
     if not fps > 0:
         raise InvalidArgument("fps", "must be positive")
-    return atomic_write(path, lambda tmp: _video.encode_i420_avi(tmp, frames, fps), durable)
+    return atomic_write(path, lambda tmp: video.encode_i420_avi(tmp, frames, fps), durable)
 
 
 def write_slice(path: str | os.PathLike, frame: np.ndarray, durable: bool = True) -> Path:
@@ -396,7 +396,7 @@ def read_clip(path: str | os.PathLike, root: str | os.PathLike | None = None) ->
         InvalidArgument: outside `root`, undecodable, or fewer than 2 frames.
     """
     clip = _resolve(path, root, "clip")
-    frames, _ = _video.decode_grey(clip, "clip")
+    frames, _ = video.decode_grey(clip, "clip")
     check_dims(*frames.shape, "clip", min_frames=2)
     return frames
 

@@ -236,7 +236,7 @@ def generate_phantom_dataset(
     """
     check_size(size)
     if not 2 <= frames_per_clip <= 16:
-        raise InvalidArgument("--frames-per-clip", "phantom cines have 16-20 frames: use 2-16")
+        raise InvalidArgument("frames_per_clip", "phantom cines have 16-20 frames: use 2-16")
     counts = dict(patients_per_class or PATIENTS_PER_CLASS)
     if not counts or set(counts) - set(_CLASS_RANGES) or min(counts.values()) < 1:
         raise InvalidArgument("patients_per_class", f"use classes from {sorted(_CLASS_RANGES)}")

@@ -1,16 +1,19 @@
-"""`genaug prepare`: ingest medical sequences (or generate the phantoms) into the seed layout.
+"""Ingest medical sequences into the seed layout (`genaug prepare`; its CLI is `clients.prepare`).
 
-Pipeline per source item: read (readers) -> intensity to [0, 1] per modality (intensity) ->
-resize and pad to a square (geometry) -> uint8 -> uniform clip sampling, clip/slice writing and
-a patient-level split (builder). Patients and volumes are named only by salted pseudonyms; no
-DICOM identifying attribute or source file name reaches outputs or logs.
+Pipeline per source item: read (readers) -> burned-in text masked or refused (burned_in) ->
+intensity to [0, 1] per modality (intensity) -> resize and pad to a square (geometry) -> uint8
+-> uniform clip sampling, clip/slice writing and a patient-level split (builder). Patients and
+volumes are named only by salted pseudonyms; no DICOM identifying attribute reaches outputs or
+logs. Items that are ingested are named by number and pseudonym in warnings and the summary;
+only items that are *not* ingested (skipped, refused) are named by their path under the source,
+so that the user can find them.
 
-The CLI is a thin layer over `prepare_dataset` and `phantoms.generate_phantom_dataset`.
+Errors raised here name this module's parameters (`size`, `ct_window`, `min_frames`, ...);
+the CLI shows them as its flags.
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 from dataclasses import dataclass, field
@@ -19,14 +22,15 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from genaug.errors import GenaugError, InvalidArgument, NotFound
-from services.data import builder, phantoms
-from services.data.discover import discover
-from services.data.geometry import DEFAULT_SIZE, check_size, fit_square
+from genaug.errors import InvalidArgument, NotFound
+from services.data import builder, layout
+from services.data.burned_in import BURNED_IN_MODES, mask_overlay, overlay_mask
+from services.data.discover import SourceItem, discover
+from services.data.geometry import DEFAULT_SIZE, UPSCALE_WARNING, check_size, fit_square
 from services.data.intensity import IntensityConfig, normalize, to_uint8
 from services.data.privacy import DEFAULT_SALT, pseudonym, volume_id
 from services.data.readers import NIFTI_4D_MODES, read_source
-from services.data.safety import check_name
+from services.data.safety import check_name, check_outside
 from services.data.sampling import SamplingConfig
 from services.data.sequence import FrameSequence
 
@@ -38,7 +42,12 @@ DEFAULT_SEED = 33
 
 @dataclass(frozen=True)
 class PrepareConfig:
-    """Everything `prepare_dataset` needs besides paths (defaults: the reference's MosMed)."""
+    """Everything `prepare_dataset` needs besides paths (defaults: the reference's MosMed).
+
+    `min_frames`: sources with fewer frames are skipped (with a warning); shorter than a clip
+    (`sampling.required_clip_num`) they are padded with black frames, also with a warning.
+    `burned_in`: `mask` (default), `refuse` or `keep` (see `services.data.burned_in`).
+    """
 
     size: int = DEFAULT_SIZE
     modality: str = "auto"
@@ -51,20 +60,26 @@ class PrepareConfig:
     overwrite: bool = False
     skip_bad: bool = False
     progress: bool = True
+    min_frames: int = 2
+    burned_in: str = "mask"
 
     def validate(self) -> PrepareConfig:
-        """Check every field, raising InvalidArgument that names the CLI flag."""
+        """Check every field, raising InvalidArgument that names the parameter."""
         check_size(self.size)
         self.sampling.validate()
         self.intensity.validate()
         if self.modality not in MODALITY_CHOICES:
-            raise InvalidArgument("--modality", f"must be one of {MODALITY_CHOICES}")
+            raise InvalidArgument("modality", f"must be one of {MODALITY_CHOICES}")
         if self.nifti_4d not in NIFTI_4D_MODES:
-            raise InvalidArgument("--nifti-4d", f"must be one of {NIFTI_4D_MODES}")
+            raise InvalidArgument("nifti_4d", f"must be one of {NIFTI_4D_MODES}")
         if not 0.0 <= self.test_fraction < 1.0:
-            raise InvalidArgument("--test-fraction", "must be in [0, 1)")
+            raise InvalidArgument("test_fraction", "must be in [0, 1)")
         if not self.pseudonym_salt:
-            raise InvalidArgument("--pseudonym-salt", "must not be empty")
+            raise InvalidArgument("pseudonym_salt", "must not be empty")
+        if not isinstance(self.min_frames, int) or self.min_frames < 2:
+            raise InvalidArgument("min_frames", "must be an integer >= 2")
+        if self.burned_in not in BURNED_IN_MODES:
+            raise InvalidArgument("burned_in", f"must be one of {BURNED_IN_MODES}")
         return self
 
 
@@ -74,6 +89,133 @@ def preprocess(
     """Normalise intensities for the sequence's modality and fit to a square: uint8 (T, S, S)."""
     unit = normalize(sequence.frames, sequence.modality, sequence.value_range, intensity)
     return to_uint8(fit_square(unit, size))
+
+
+class _ItemFailed(Exception):
+    """One item cannot be ingested; `error` names it (skipped with `skip_bad`)."""
+
+    def __init__(self, error: InvalidArgument | NotFound):
+        super().__init__(str(error))
+        self.error = error
+
+
+def _named(exc: InvalidArgument | NotFound, label: str) -> InvalidArgument | NotFound:
+    """The same error, its message prefixed with the item it is about."""
+    if isinstance(exc, InvalidArgument):
+        tail = str(exc)[len(exc.field) + 2 :]
+        return InvalidArgument(exc.field, f"{label}: {tail}")
+    return NotFound(f"{label}: {exc}")
+
+
+def _handle_burned_in(
+    sequence: FrameSequence,
+    mode: str,
+    label: str,
+    where: str,
+    notes: list[str],
+    warnings: list[str],
+) -> None:
+    """Mask, refuse or keep what may be burned-in text (mutates `sequence.frames`); `label`
+    names an ingested item, `where` (its path) a refused one."""
+    if sequence.text_risk != "possible":
+        return
+    if mode == "keep":
+        warnings.append(f"{label}: may carry burned-in text; kept as is (`burned_in` keep)")
+        return
+    if mode == "refuse":
+        if len(sequence.frames) < 2 or overlay_mask(sequence.frames, sequence.value_range).any():
+            raise _ItemFailed(
+                InvalidArgument(
+                    "burned_in", f"{where}: shows burned-in text; refused (`burned_in` refuse)"
+                )
+            )
+        notes.append("no burned-in text found")
+        return
+    sequence.frames, count = mask_overlay(sequence.frames, sequence.value_range)
+    notes.append(f"masked {count} px of burned-in text" if count else "no burned-in text found")
+
+
+class _Ingest:
+    """The per-item loop of `prepare_dataset`: reads, checks, reports, writes."""
+
+    def __init__(self, cfg: PrepareConfig, root: Path, writer: builder.DatasetWriter, total: int):
+        self.cfg, self.root, self.writer, self.total = cfg, root, writer, total
+        self.items: list[str] = []
+        self.warnings: list[str] = []
+        self.skipped = 0
+        self.volumes = 0
+
+    def skip(self, message: str) -> None:
+        self.skipped += 1
+        self.warnings.append(f"skipped {message}")
+        logger.warning("skipping %s", message)
+
+    def item(self, number: int, item: SourceItem) -> None:
+        where = f"item {number} of {self.total} ({item.rel})"  # only shown if not ingested
+        try:
+            try:
+                sequences = read_source(
+                    item.path,
+                    self.root,
+                    modality=item.modality or self.cfg.modality,
+                    nifti_4d=self.cfg.nifti_4d,
+                )
+            except (InvalidArgument, NotFound) as exc:
+                raise _ItemFailed(_named(exc, where)) from None
+            for sequence in sequences:
+                self.sequence(number, item, sequence, where)
+        except _ItemFailed as failed:
+            if not self.cfg.skip_bad:
+                raise failed.error from None
+            self.skip(str(failed.error))
+
+    def sequence(self, number: int, item: SourceItem, sequence: FrameSequence, where: str) -> None:
+        cfg = self.cfg
+        key = f"dicom:{sequence.patient_key}" if sequence.patient_key else f"path:{item.rel}"
+        patient = pseudonym(key, cfg.pseudonym_salt)
+        volume = volume_id(patient, f"{item.rel}#{sequence.part}", cfg.pseudonym_salt)
+        label = f"item {number} ({volume})"
+        n_frames, height, width = sequence.frames.shape
+        if n_frames < cfg.min_frames:
+            self.skip(f"{where}: {n_frames} frames, fewer than `min_frames` {cfg.min_frames}")
+            return
+        notes = list(sequence.notes)
+        warnings: list[str] = []
+        _handle_burned_in(sequence, cfg.burned_in, label, where, notes, warnings)
+        required = cfg.sampling.required_clip_num
+        if n_frames < required:
+            warnings.append(
+                f"{label}: {n_frames} frames; its clip is padded with {required - n_frames} "
+                f"black frames to {required} (`min_frames` {required} would skip it)"
+            )
+        scale = cfg.size / max(height, width)
+        if scale > UPSCALE_WARNING:
+            warnings.append(
+                f"{label}: {max(height, width)} px source enlarged {scale:.1f}x to `size` "
+                f"{cfg.size}"
+            )
+        extra: dict[str, object] = {"modality": sequence.modality}
+        if sequence.part:
+            extra["part"] = sequence.part
+        if sequence.fps:
+            extra["source_fps"] = round(float(sequence.fps), 3)
+        n_clips = self.writer.add_sequence(
+            preprocess(sequence, cfg.size, cfg.intensity),
+            cls=item.cls,
+            patient=patient,
+            volume=volume,
+            text=item.text,
+            extra=extra,
+        )
+        self.volumes += 1
+        detail = "; ".join(notes)
+        self.items.append(
+            f"{label}: class {item.cls}, {sequence.modality} ({sequence.modality_source}), "
+            f"{n_frames} frames -> {n_clips} clip(s)" + (f"; {detail}" if detail else "")
+        )
+        for message in warnings:
+            logger.warning(message)
+        self.warnings.extend(warnings)
 
 
 def prepare_dataset(
@@ -89,60 +231,40 @@ def prepare_dataset(
 
     Args:
         source: a file or folder (see `discover` for labelling).
-        dataset_root: output root.
+        dataset_root: output root; must not be at or inside `source`, and `source` must not be
+            inside the dataset folders this run replaces.
         name: dataset name `<DS>`.
         labels: optional CSV/JSONL labels file.
         class_name: class for unlabelled items.
         config: preprocessing, sampling, split and privacy settings.
 
     Returns:
-        The dataset summary (clips per class per split).
+        The dataset summary (clips per class per split, one line per item, the warnings).
 
     Raises:
-        InvalidArgument, NotFound: bad arguments or a bad source (unless `skip_bad`); nothing
-            is left under `dataset_root` in that case.
+        InvalidArgument, NotFound: bad arguments or a bad source item (unless `skip_bad`),
+            naming the item; nothing is left under `dataset_root` in that case.
     """
     cfg = (config or PrepareConfig()).validate()
     check_name(name)
-    root, items = discover(source, labels, class_name)
-    if not items:
-        raise InvalidArgument("--source", "no source items found")
-    skipped = 0
-    volumes = 0
+    found = discover(source, labels, class_name, skip_bad=cfg.skip_bad)
+    check_outside(dataset_root, "dataset_root", Path(source), "source")
+    for kind in layout.KINDS:
+        check_outside(found.root, "source", layout.dataset_dir(dataset_root, name, kind), "name")
+    for message in found.skipped:
+        logger.warning("skipping %s", message)
+    if not found.items:
+        raise InvalidArgument("source", "no source items found")
     with builder.DatasetWriter(
         dataset_root, name, sampling=cfg.sampling, overwrite=cfg.overwrite
     ) as writer:
-        for number, item in enumerate(tqdm(items, desc="prepare", disable=not cfg.progress)):
-            try:
-                sequences = read_source(
-                    item.path, root, modality=cfg.modality, nifti_4d=cfg.nifti_4d
-                )
-            except (InvalidArgument, NotFound) as exc:
-                if not cfg.skip_bad:
-                    raise
-                skipped += 1
-                logger.warning("skipping source item %d of %d: %s", number + 1, len(items), exc)
-                continue
-            for sequence in sequences:
-                key = f"dicom:{sequence.patient_key}" if sequence.patient_key else ""
-                key = key or f"path:{item.rel}"
-                patient = pseudonym(key, cfg.pseudonym_salt)
-                volume = volume_id(patient, f"{item.rel}#{sequence.part}", cfg.pseudonym_salt)
-                extra: dict[str, object] = {"modality": sequence.modality}
-                if sequence.part:
-                    extra["part"] = sequence.part
-                if sequence.fps:
-                    extra["source_fps"] = round(float(sequence.fps), 3)
-                n_clips = writer.add_sequence(
-                    preprocess(sequence, cfg.size, cfg.intensity),
-                    cls=item.cls,
-                    patient=patient,
-                    volume=volume,
-                    text=item.text,
-                    extra=extra,
-                )
-                volumes += 1
-                logger.debug("%s: %d frames -> %d clips", volume, len(sequence.frames), n_clips)
+        ingest = _Ingest(cfg, found.root, writer, len(found.items))
+        ingest.warnings.extend(f"skipped {m}" for m in found.skipped)
+        ingest.skipped += len(found.skipped)
+        for number, item in enumerate(
+            tqdm(found.items, desc="prepare", disable=not cfg.progress), start=1
+        ):
+            ingest.item(number, item)
         manifest = {
             "generator": "prepare",
             "size": cfg.size,
@@ -150,116 +272,17 @@ def prepare_dataset(
             "ct_window": list(cfg.intensity.ct_window),
             "mr_percentiles": list(cfg.intensity.mr_percentiles),
             "nifti_4d": cfg.nifti_4d,
+            "min_frames": cfg.min_frames,
+            "burned_in": cfg.burned_in,
             "pseudonymised": True,
         }
         summary = writer.commit(
-            test_fraction=cfg.test_fraction, seed=cfg.seed, manifest=manifest, skipped=skipped
+            test_fraction=cfg.test_fraction,
+            seed=cfg.seed,
+            manifest=manifest,
+            skipped=ingest.skipped,
         )
-    logger.info("prepared %d sequences from %d source items", volumes, len(items) - skipped)
+    summary.items = ingest.items
+    summary.warnings = ingest.warnings + summary.warnings
+    logger.info("prepared %d sequences from %d source items", ingest.volumes, len(found.items))
     return summary
-
-
-# ---------------------------------------------------------------------------- CLI
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Register the `genaug prepare` flags."""
-    parser.add_argument("--source", help="file or folder to ingest (folder per class allowed)")
-    parser.add_argument(
-        "--dataset-root", "--out", dest="dataset_root", required=True, help="output root"
-    )
-    parser.add_argument("--name", help="dataset name DS (default Phantom with --phantoms)")
-    parser.add_argument("--modality", choices=MODALITY_CHOICES, default="auto")
-    parser.add_argument("--labels", help="CSV or JSONL: source -> class (cls), optional text")
-    parser.add_argument("--class-name", help="class for unlabelled sources (default unlabelled)")
-    parser.add_argument("--size", type=int, help="square output side (256; phantoms 64)")
-    parser.add_argument("--frames-per-clip", type=int, help="window length (15; phantoms 8)")
-    parser.add_argument("--clip-sampling-interval", type=int, default=1, help="(default 1)")
-    parser.add_argument(
-        "--required-clip-num", type=int, default=8, help="frames per output clip (default 8)"
-    )
-    parser.add_argument("--max-clips", type=int, default=10, help="max clips/volume (10)")
-    parser.add_argument(
-        "--ct-window", type=float, nargs=2, metavar=("LOW", "HIGH"), default=(-1000.0, 400.0)
-    )
-    parser.add_argument(
-        "--mr-percentiles", type=float, nargs=2, metavar=("LOW", "HIGH"), default=(0.5, 99.5)
-    )
-    parser.add_argument("--nifti-4d", choices=NIFTI_4D_MODES, default="middle-slice")
-    parser.add_argument("--test-fraction", type=float, default=0.2, help="(default 0.2)")
-    parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="split/phantom seed (33)")
-    parser.add_argument(
-        "--pseudonym-salt",
-        default=os.environ.get("GENAUG_PSEUDONYM_SALT", DEFAULT_SALT),
-        help=f"salt of the patient pseudonyms (env GENAUG_PSEUDONYM_SALT; default {DEFAULT_SALT!r}"
-        "; use a secret one for real patient data)",
-    )
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing dataset")
-    parser.add_argument("--skip-bad", action="store_true", help="skip unreadable sources")
-    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    parser.add_argument(
-        "--phantoms", action="store_true", help="generate the bundled phantom dataset instead"
-    )
-
-
-def _given(value: int | None, default: int) -> int:
-    return default if value is None else value
-
-
-def _run_phantoms(args: argparse.Namespace) -> builder.Summary:
-    name = args.name or phantoms.PHANTOM_NAME
-    current = builder.read_manifest(args.dataset_root, name) or {}
-    return phantoms.generate_phantom_dataset(
-        args.dataset_root,
-        args.seed,
-        _given(args.size, 64),
-        name=name,
-        frames_per_clip=_given(args.frames_per_clip, 8),
-        test_fraction=args.test_fraction,
-        overwrite=args.overwrite or current.get("generator") == phantoms.GENERATOR,
-        progress=not args.no_progress,
-    )
-
-
-def run(args: argparse.Namespace) -> int:
-    """Run `genaug prepare`; returns 0, or 2 after logging a bad-input error."""
-    try:
-        if args.phantoms:
-            summary = _run_phantoms(args)
-        else:
-            if not args.source:
-                raise InvalidArgument("--source", "required unless --phantoms")
-            if not args.name:
-                raise InvalidArgument("--name", "required unless --phantoms")
-            config = PrepareConfig(
-                size=_given(args.size, DEFAULT_SIZE),
-                modality=args.modality,
-                sampling=SamplingConfig(
-                    _given(args.frames_per_clip, 15),
-                    args.clip_sampling_interval,
-                    args.required_clip_num,
-                    args.max_clips,
-                ),
-                intensity=IntensityConfig(tuple(args.ct_window), tuple(args.mr_percentiles)),
-                nifti_4d=args.nifti_4d,
-                test_fraction=args.test_fraction,
-                seed=args.seed,
-                pseudonym_salt=args.pseudonym_salt,
-                overwrite=args.overwrite,
-                skip_bad=args.skip_bad,
-                progress=not args.no_progress,
-            )
-            summary = prepare_dataset(
-                args.source,
-                args.dataset_root,
-                args.name,
-                labels=args.labels,
-                class_name=args.class_name,
-                config=config,
-            )
-    except GenaugError as exc:
-        logger.error("prepare failed: %s", exc)
-        return 2
-    print(summary.format())
-    print(f"written under {Path(args.dataset_root).resolve()}")
-    return 0

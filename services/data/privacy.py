@@ -3,7 +3,7 @@
 A pseudonym is a prefix plus the first 10 hex digits of SHA-256(salt, NUL, key), where the key
 is the identifying string (DICOM PatientID, or the source path relative to the source root).
 Without the salt the mapping cannot be recomputed from a guessed name; keep a project-specific
-salt secret (`--pseudonym-salt`) when the ids must not be linkable across datasets.
+salt secret (`pseudonym_salt`) when the ids must not be linkable across datasets.
 
 The readers keep exactly one identifying DICOM attribute, PatientID, and only in memory to
 hash it here (so that all sequences of one patient share a pseudonym and a split side); names,

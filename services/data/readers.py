@@ -15,9 +15,11 @@ Supported sources (`read_source` dispatches on what it finds):
 
 DICOM details (colour, rescale to HU, series order, burned-in text) are in `dicom`.
 
-Modality `auto` comes from the DICOM Modality tag (CT, MR; anything else is treated as
-displayable "us"); NIfTI is CT when its minimum is below -500 (air in HU), else MR; videos and
-images are "us".
+Modality `auto` (see `modality`): the DICOM Modality tag (CT, MR; anything else is shown as
+stored, "us"); NIfTI from its header's words, else from its intensities (CT when the 0.5th
+percentile is air in HU); videos and images are "us". Each sequence says why
+(`modality_source`). Videos are marked `text_risk="possible"` (exported clips usually carry
+burned-in annotations); slice folders are not (a static detector would erase static anatomy).
 """
 
 from __future__ import annotations
@@ -31,8 +33,9 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from genaug.errors import InvalidArgument
-from services.data import _video
+from services.data import video
 from services.data.dicom import read_dicom_file, read_dicom_folder
+from services.data.modality import nifti_modality
 from services.data.safety import MAX_FRAMES, check_dims, natural_key, resolve_within
 from services.data.sequence import FrameSequence
 
@@ -93,7 +96,7 @@ def read_source(
         InvalidArgument: outside `root`, unreadable, no pixels, too small or absurdly large.
     """
     if nifti_4d not in NIFTI_4D_MODES:
-        raise InvalidArgument("--nifti-4d", f"must be one of {NIFTI_4D_MODES}")
+        raise InvalidArgument("nifti_4d", f"must be one of {NIFTI_4D_MODES}")
     resolved = resolve_within(root, path, field_name)
     if resolved.is_dir():
         sequences = _read_directory(resolved, root, field_name)
@@ -108,11 +111,13 @@ def read_source(
         elif kind == "dicom":
             sequences = [read_dicom_file(resolved, field_name)]
         else:
-            raise InvalidArgument(field_name, "unsupported file type")
+            raise InvalidArgument(
+                field_name, "unsupported file type (not a video, image, NIfTI or DICOM file)"
+            )
     for sequence in sequences:
         check_dims(*sequence.frames.shape, field_name, min_frames=2)
         if modality != "auto":
-            sequence.modality = modality
+            sequence.modality, sequence.modality_source = modality, "given"
     return sequences
 
 
@@ -152,7 +157,7 @@ def read_image_files(paths: list[Path], field_name: str = "source") -> FrameSequ
                     array = np.asarray(image, dtype=np.float32)
                     value_range = None
                 else:
-                    array = _video.rgb_to_luma(np.asarray(image.convert("RGB")))
+                    array = video.rgb_to_luma(np.asarray(image.convert("RGB")))
         except InvalidArgument:  # a size check above, already naming the field
             raise
         except (UnidentifiedImageError, OSError, ValueError) as exc:
@@ -162,13 +167,20 @@ def read_image_files(paths: list[Path], field_name: str = "source") -> FrameSequ
         if frames and array.shape != frames[0].shape:
             raise InvalidArgument(field_name, f"image {index} differs in size from image 0")
         frames.append(array)
-    return FrameSequence(np.stack(frames), "us", value_range)
+    return FrameSequence(np.stack(frames), "us", value_range, modality_source="images")
 
 
 def read_video(path: Path, field_name: str = "source") -> FrameSequence:
     """Decode a video file to grey frames (values 0-255)."""
-    frames, fps = _video.decode_grey(path, field_name)
-    return FrameSequence(frames.astype(np.float32), "us", (0.0, 255.0), fps=fps)
+    frames, fps = video.decode_grey(path, field_name)
+    return FrameSequence(
+        frames.astype(np.float32),
+        "us",
+        (0.0, 255.0),
+        fps=fps,
+        modality_source="video",
+        text_risk="possible",
+    )
 
 
 # ---------------------------------------------------------------------------- NIfTI
@@ -194,23 +206,30 @@ def read_nifti(
         check_dims(int(np.prod(shape[2:])), y, x, field_name, min_frames=0)
         image = nib.as_closest_canonical(image)
         data = np.asarray(image.get_fdata(dtype=np.float32)).reshape(image.shape[:3] + (-1,))
+        texts = [_header_text(image.header, key) for key in ("descrip", "aux_file", "intent_name")]
     except InvalidArgument:
         raise
     except Exception as exc:  # nibabel raises many types for corrupt files
         raise InvalidArgument(field_name, f"cannot read NIfTI ({type(exc).__name__})") from None
     data = np.nan_to_num(data, nan=0.0, posinf=0.0, neginf=0.0)
-    modality = "ct" if float(data.min()) < -500.0 else "mr"
+    modality, reason = nifti_modality(texts, data)
+
+    def sequence(stack: np.ndarray, part: str = "") -> FrameSequence:
+        return FrameSequence(_stack_to_frames(stack), modality, part=part, modality_source=reason)
+
     if len(shape) == 3:
-        return [FrameSequence(_stack_to_frames(data[..., 0]), modality)]
+        return [sequence(data[..., 0])]
     if nifti_4d == "middle-slice":
-        middle = data.shape[2] // 2
-        return [FrameSequence(_stack_to_frames(data[:, :, middle, :]), modality)]
+        return [sequence(data[:, :, data.shape[2] // 2, :])]
     if nifti_4d == "per-slice":
-        return [
-            FrameSequence(_stack_to_frames(data[:, :, z, :]), modality, part=f"z{z:03d}")
-            for z in range(data.shape[2])
-        ]
-    return [
-        FrameSequence(_stack_to_frames(data[:, :, :, t]), modality, part=f"t{t:03d}")
-        for t in range(data.shape[3])
-    ]
+        return [sequence(data[:, :, z, :], f"z{z:03d}") for z in range(data.shape[2])]
+    return [sequence(data[:, :, :, t], f"t{t:03d}") for t in range(data.shape[3])]
+
+
+def _header_text(header: object, key: str) -> str:
+    try:
+        value = header[key]  # type: ignore[index]
+    except (KeyError, ValueError, TypeError):
+        return ""
+    raw = np.asarray(value).item()
+    return raw.decode("latin-1", "replace") if isinstance(raw, bytes) else str(raw)

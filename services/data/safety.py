@@ -1,9 +1,11 @@
-"""Input guards shared by the readers and the layout: path containment and size limits.
+"""Input guards shared by the readers and the layout: path containment, size limits, and
+outputs kept apart from inputs.
 
 Every path that comes from a user, a labels file or a metadata line goes through
 `resolve_within` before it is opened, so `..`, absolute paths and symlinks cannot reach
 outside the dataset root. Messages name the offending field, never the path itself: source
-paths may carry patient names.
+paths may carry patient names. `check_outside` is how every command that writes refuses an
+output folder at or inside one of its inputs (where it could replace or mix with real files).
 """
 
 from __future__ import annotations
@@ -56,7 +58,30 @@ def resolve_within(root: str | os.PathLike, path: str | os.PathLike, field: str)
     return resolved
 
 
-def check_name(name: str, field: str = "--name") -> str:
+def is_within(path: str | os.PathLike, folder: str | os.PathLike) -> bool:
+    """True when `path` is `folder` or lies inside it, symlinks resolved (neither need exist)."""
+    candidate, container = Path(path).resolve(), Path(folder).resolve()
+    return candidate == container or candidate.is_relative_to(container)
+
+
+def check_outside(
+    output: str | os.PathLike, output_field: str, input_path: str | os.PathLike, input_field: str
+) -> None:
+    """Refuse an output folder that is `input_path` or lies inside it.
+
+    Raises:
+        InvalidArgument: naming `output_field`; the message names `input_field` in backticks
+            (the CLI shows both as its flags).
+    """
+    if is_within(output, input_path):
+        raise InvalidArgument(
+            output_field,
+            f"is at or inside `{input_field}`: writing there could replace or mix with its "
+            "files; choose a folder outside it",
+        )
+
+
+def check_name(name: str, field: str = "name") -> str:
     """Require a dataset name usable as a path component (letters, digits, `_`, `-`)."""
     if not isinstance(name, str) or not _NAME_RE.match(name):
         raise InvalidArgument(field, "use 1-64 letters, digits, '_' or '-', starting alphanumeric")

@@ -32,19 +32,19 @@ class SamplingConfig:
     max_clips: int = 10
 
     def validate(self) -> SamplingConfig:
-        """Raise InvalidArgument (naming the CLI flag) for inconsistent values."""
+        """Raise InvalidArgument (naming the parameter) for inconsistent values."""
         if self.frames_per_clip < 1:
-            raise InvalidArgument("--frames-per-clip", "must be >= 1")
+            raise InvalidArgument("frames_per_clip", "must be >= 1")
         if self.clip_sampling_interval < 0:
-            raise InvalidArgument("--clip-sampling-interval", "must be >= 0")
+            raise InvalidArgument("clip_sampling_interval", "must be >= 0")
         if self.required_clip_num < 2:
-            raise InvalidArgument("--required-clip-num", "must be >= 2 frames per clip")
+            raise InvalidArgument("required_clip_num", "must be >= 2 frames per clip")
         if self.max_clips < 1:
-            raise InvalidArgument("--max-clips", "must be >= 1")
+            raise InvalidArgument("max_clips", "must be >= 1")
         available = len(range(0, self.frames_per_clip, self.clip_sampling_interval + 1))
         if available < self.required_clip_num:
             raise InvalidArgument(
-                "--required-clip-num",
+                "required_clip_num",
                 f"a window of {self.frames_per_clip} frames at interval "
                 f"{self.clip_sampling_interval} holds only {available} frames",
             )

@@ -6,6 +6,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+TEXT_RISKS = ("none", "cropped", "possible")
+"""How likely a sequence's pixels carry burned-in text (patient names, dates, settings):
+`none` (CT/MR/NIfTI/slices with no annotation flag), `cropped` (ultrasound cropped and masked to
+its regions), `possible` (ultrasound or flagged DICOM without usable regions, videos)."""
+
 
 @dataclass
 class FrameSequence:
@@ -19,6 +24,9 @@ class FrameSequence:
         fps: source frame rate when the container records one.
         patient_key: identifying key (DICOM PatientID) used only to derive a pseudonym; never
             written, logged or shown in `repr`.
+        modality_source: how `modality` was decided (shown per item in the prepare summary).
+        text_risk: one of `TEXT_RISKS`.
+        notes: what the reader did to the pixels or could not do (no identifying values).
     """
 
     frames: np.ndarray
@@ -27,3 +35,6 @@ class FrameSequence:
     part: str = ""
     fps: float | None = None
     patient_key: str = field(default="", repr=False)
+    modality_source: str = ""
+    text_risk: str = "none"
+    notes: list[str] = field(default_factory=list)

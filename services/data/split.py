@@ -41,7 +41,7 @@ def split_patients(
         patient -> "train" | "test".
     """
     if not 0.0 <= test_fraction < 1.0:
-        raise InvalidArgument("--test-fraction", "must be in [0, 1)")
+        raise InvalidArgument("test_fraction", "must be in [0, 1)")
     rng = np.random.default_rng(seed)
     by_class: dict[str, list[str]] = {}
     for patient, cls in sorted(classes.items()):
@@ -57,3 +57,33 @@ def split_patients(
         for rank, index in enumerate(order):
             assignment[patients[index]] = "test" if rank < n_test else "train"
     return assignment
+
+
+def keep_every_class_in_train(
+    pairs: Iterable[tuple[str, str]], assignment: Mapping[str, str]
+) -> tuple[dict[str, str], list[str]]:
+    """Move test patients to train until every class has a training clip.
+
+    The split stratifies each patient under its majority class, so a class that is only ever
+    a minority (every patient holding it has more clips of another class) can land wholly in
+    test, and augmentation, which reads the training split, would then drop it without a word.
+
+    Args:
+        pairs: (patient, class) pairs, one per clip.
+        assignment: patient -> "train" | "test" (from `split_patients`).
+
+    Returns:
+        (the corrected assignment, the classes that needed it, in order).
+    """
+    clips: dict[str, Counter[str]] = {}
+    for patient, cls in pairs:
+        clips.setdefault(cls, Counter())[patient] += 1
+    fixed = dict(assignment)
+    moved: list[str] = []
+    for cls in sorted(clips):
+        if any(fixed[p] == "train" for p in clips[cls]):
+            continue
+        patient = min(clips[cls], key=lambda p: (-clips[cls][p], p))
+        fixed[patient] = "train"
+        moved.append(cls)
+    return fixed, moved

@@ -1,6 +1,6 @@
-"""Motion-trajectory extractor: the motion field and the Motion Field Attention trajectories.
+"""Motion-trajectory extractor service: the motion field and the MFA trajectories of a clip.
 
-Pure computation (numpy, OpenCV, PyAV, motion-vector-extractor); the gRPC servicer calls it.
-`video_io` decodes and encodes clips, `motion` computes the (T-1, 2, H, W) motion field and
-`trajectories` turns it into the `traj` / `mask` index tensors of the generator's SAM.
+The gRPC servicer and the KServe v2 model call `services.models.motion` (`field` computes the
+(T-1, 2, H, W) motion field, `trajectories` the `traj` / `mask` index tensors of the generator's
+SAM); clips are decoded and encoded by `services.data.video`, the decoder ingest uses too.
 """

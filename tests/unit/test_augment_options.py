@@ -9,6 +9,7 @@ import pytest
 
 from clients.augment.options import add_arguments, channel_settings, resolve
 from clients.augment.replicas import JobFailed, ReplicaPool, generate_with_retries
+from clients.augment.sampling_defaults import sampling_defaults
 from clients.rpc.errors import GenAugError
 
 
@@ -27,7 +28,7 @@ def test_flags_override_yaml_which_overrides_defaults(tmp_path):
     o = resolve(_parse(["--config", str(config), "--steps", "25", "--per-class", "3"]), env={})
     assert o.steps == 25 and o.per_class == 3 and o.multiplier is None  # flag target wins
     assert o.sampler == ["a:1", "b:2"] and o.conditions == ["prior", "motion"]
-    assert o.guidance == 7.5 and o.base_seed == 66 and str(o.out) == "aug"
+    assert o.guidance == sampling_defaults().guidance and o.base_seed == 66 and str(o.out) == "aug"
     assert (o.shard_index, o.shard_count) == (0, 1)
 
 

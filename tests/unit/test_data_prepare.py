@@ -14,9 +14,10 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 
+from clients.prepare import add_arguments, run
 from genaug.errors import InvalidArgument
-from services.data import _video, layout
-from services.data.prepare import PrepareConfig, add_arguments, prepare_dataset, run
+from services.data import layout, video
+from services.data.prepare import PrepareConfig, prepare_dataset
 from tests.unit.test_data_readers import _dicom
 
 ECHO = get_testdata_file("examples_ybr_color.dcm")
@@ -116,7 +117,7 @@ def test_labels_file_and_text(source, tmp_path):
     labels.write_text("source,class\n../elsewhere.dcm,X\n")
     with pytest.raises(InvalidArgument) as info:
         prepare_dataset(source, tmp_path / "out2", "Lab", labels=labels, config=config)
-    assert info.value.field == "--labels"
+    assert info.value.field == "labels"
 
 
 def _leftovers(out):
@@ -142,7 +143,7 @@ def test_bad_source_fails_cleanly_and_leaves_nothing(source, tmp_path):
     # An existing dataset is kept unless --overwrite.
     with pytest.raises(InvalidArgument) as info:
         prepare_dataset(source, out, "Bad", config=PrepareConfig(size=32, progress=False))
-    assert info.value.field == "--name"
+    assert info.value.field == "name"
 
 
 @pytest.mark.parametrize(
@@ -166,7 +167,7 @@ def _bad_dicom(path, **attrs):
 
 
 def _one_frame_clip(path):
-    _video.encode_i420_avi(path, np.zeros((1, 16, 16), np.uint8), 2.5)
+    video.encode_i420_avi(path, np.zeros((1, 16, 16), np.uint8), 2.5)
 
 
 @pytest.mark.parametrize(

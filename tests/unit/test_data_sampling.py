@@ -60,18 +60,18 @@ def test_many_clips_are_capped_and_evenly_spaced():
 
 
 @pytest.mark.parametrize(
-    ("config", "flag"),
+    ("config", "field"),
     [
-        (SamplingConfig(frames_per_clip=0), "--frames-per-clip"),
-        (SamplingConfig(clip_sampling_interval=-1), "--clip-sampling-interval"),
-        (SamplingConfig(max_clips=0), "--max-clips"),
-        (SamplingConfig(frames_per_clip=8, clip_sampling_interval=1), "--required-clip-num"),
+        (SamplingConfig(frames_per_clip=0), "frames_per_clip"),
+        (SamplingConfig(clip_sampling_interval=-1), "clip_sampling_interval"),
+        (SamplingConfig(max_clips=0), "max_clips"),
+        (SamplingConfig(frames_per_clip=8, clip_sampling_interval=1), "required_clip_num"),
     ],
 )
-def test_bad_sampling_settings_name_the_flag(config, flag):
+def test_bad_sampling_settings_name_the_parameter(config, field):
     with pytest.raises(InvalidArgument) as info:
         sample_clips(30, config)
-    assert info.value.field == flag
+    assert info.value.field == field
 
 
 def test_patient_split_keeps_patients_whole_and_is_stratified():
@@ -101,7 +101,7 @@ def test_intensity_per_modality():
     assert to_uint8(np.array([0.0, 0.5, 1.2])).tolist() == [0, 128, 255]
     with pytest.raises(InvalidArgument) as info:
         normalize(hu, "ct", config=IntensityConfig(ct_window=(400.0, -1000.0)))
-    assert info.value.field == "--ct-window"
+    assert info.value.field == "ct_window"
 
 
 def test_fit_square_keeps_aspect_and_centres():
@@ -112,7 +112,7 @@ def test_fit_square_keeps_aspect_and_centres():
     assert out[:, :16].max() == 0.0 and out[:, 48:].max() == 0.0
     with pytest.raises(InvalidArgument) as info:
         fit_square(frames, 63)
-    assert info.value.field == "--size"
+    assert info.value.field == "size"
 
 
 def test_pseudonyms_are_salted_and_stable():

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from genaug.errors import InvalidArgument
-from services.data import video_io
-from services.data.video_io import decode_video, encode_h264_bytes
+from services.data import video
+from services.data.video import decode_video, encode_h264_bytes
 from services.models.motion import field as motion
 from services.models.motion.field import (
     MotionResult,
@@ -272,7 +272,7 @@ def test_temp_file_removed_when_encoding_fails(monkeypatch, tmp_path) -> None:
         path.write_bytes(b"partial")
         raise RuntimeError("encoder failed")
 
-    monkeypatch.setattr(video_io, "encode_h264", fail)
+    monkeypatch.setattr(video, "encode_h264", fail)
     with pytest.raises(RuntimeError, match="encoder failed"):
         codec_motion_field(translating_texture(32, 32, 3, 1, 0), tmp_dir=tmp_path)
     assert list(tmp_path.iterdir()) == []

@@ -8,7 +8,7 @@ import numpy as np
 
 from genaug.deadline import Deadline
 from genaug.slots import ComputeSlots
-from services.data.video_io import decode_video, validate_frames
+from services.data.video import decode_video, validate_frames
 from services.models.motion.field import extract_motion
 from services.models.motion.trajectories import compute_trajectories
 

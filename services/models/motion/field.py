@@ -10,7 +10,7 @@ Convention shared by both methods (and by the reference's saved `<clip>.npy`):
   by `(dx, dy)` px per frame gives `(dx, dy)` everywhere it is visible in both frames.
 
 **Codec** (`codec_motion_field`, the reference method): the clip is encoded with libx264 with
-only P-frames after frame 0 and one reference frame (`video_io.encode_h264`), and the
+only P-frames after frame 0 and one reference frame (`services.data.video.encode_h264`), and the
 encoder's motion vectors are read back with motion-vector-extractor. FFmpeg exports, per
 inter-coded block, `source = -1` (past reference), the block size `w x h`, its centre `dst` and
 `motion_xy / motion_scale` pointing from `dst` to the matching `src` in the previous frame; the
@@ -40,7 +40,7 @@ import numpy as np
 from mvextractor.videocap import VideoCap
 
 from genaug.errors import FailedPrecondition, InvalidArgument
-from services.data.video_io import temporary_h264, validate_frames
+from services.data.video import temporary_h264, validate_frames
 
 logger = logging.getLogger(__name__)
 
