@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> dict:
     logging.basicConfig(level=logging.WARNING)
 
     from services.models.classifier import VideoClassifier
-    from services.models.ldm import load_unet
+    from services.models.ldm import SequenceUNet
     from services.models.training import evaluation
     from services.models.training.data import load_clips, load_conditions
     from services.models.training.ldm import text_embeddings
@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> dict:
     _ensure_data(args.dataset_root, args.name)
     classes = json.loads((args.model_dir / "classes.json").read_text())
     vae = load_vae(args.model_dir / "vae").eval()
-    unet = load_unet(args.model_dir / "ldm")
+    unet = SequenceUNet.from_pretrained(args.model_dir / "ldm")
     classifier = VideoClassifier.from_pretrained(args.model_dir / "classifier")
 
     test = load_clips(args.dataset_root, args.name, "test", classes)

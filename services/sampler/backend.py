@@ -18,10 +18,8 @@ import torch
 from genaug import wire
 from genaug.deadline import Deadline
 from genaug.errors import InvalidArgument
-from services.models.ldm.config import LDMConfig
 from services.models.ldm.pipeline import SOLVERS, SamplingRequest, SequenceSampler
-from services.models.ldm.serialization import load_unet
-from services.models.ldm.unet import SequenceUNet
+from services.models.ldm.unet import WEIGHTS_NAME, SequenceUNet
 from services.models.runtime import resolve_device, resolve_dtype
 from services.models.vae_codec import VaeCodec
 from services.sampler.limits import RequestLimits
@@ -77,15 +75,14 @@ class SamplerBackend:
     # -- loading ------------------------------------------------------------------------------
     def load(self) -> None:
         ldm_dir = self.model_dir / "ldm"
-        if (ldm_dir / "model.safetensors").is_file():
-            unet = load_unet(ldm_dir, self.device, self.dtype)
+        if (ldm_dir / WEIGHTS_NAME).is_file():
+            unet = SequenceUNet.from_pretrained(ldm_dir, torch_dtype=self.dtype).to(self.device)
             self.provenance = "trained"
         else:
             logger.warning("no LDM weights in %s: seeded small model (untrained)", ldm_dir)
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(0)
-                config = LDMConfig.preset("small", num_classes=self.num_classes)
-                unet = SequenceUNet(config)
+                unet = SequenceUNet.from_preset("small", num_classes=self.num_classes)
             self.provenance = "seeded-initialisation"
         classes_file = self.model_dir / "classes.json"
         n = unet.config.num_classes or 0
@@ -196,7 +193,7 @@ class SamplerBackend:
         if motion is None:
             side = cfg.sample_size
             if reference is not None:
-                side = reference.shape[-1] // cfg.latent_downsample
+                side = reference.shape[-1] // self.sampler.unet.latent_downsample
             latent_size = (side, side)
         return SamplingRequest(
             num_frames=int(num_frames),
