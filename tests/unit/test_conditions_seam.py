@@ -98,7 +98,7 @@ def test_one_layout_and_schema_round_trip(tmp_path, frames):
 def test_condition_files_are_never_unpickled(tmp_path):
     paths = condition_paths(tmp_path, "DS", "clip.avi")
     paths.prior.parent.mkdir(parents=True)
-    np.save(paths.prior, np.array([{"x": 1}], dtype=object), allow_pickle=True)
+    np.save(paths.prior, np.array([{"x": 1}], dtype=object))  # numpy pickles object arrays
     with pytest.raises(ValueError, match="pickle"):
         load_prior(paths)
 
