@@ -31,13 +31,14 @@ DEFAULT_MODEL_DIR = Path("deploy/model-repository")
 
 
 def _ensure_data(root: Path, name: str) -> None:
-    from clients.conditions import InProcessBackend, precompute
+    from services.data.conditions import precompute
     from services.data.phantoms import PHANTOM_NAME, ensure_bundled_dataset
+    from services.models.conditions import InProcessConditions
 
     if name == PHANTOM_NAME:
         ensure_bundled_dataset(root)
     # Only the test split is needed; existing files are skipped (a few minutes the first time).
-    precompute(root, name, ["test"], ["motion", "prior"], InProcessBackend("codec"))
+    precompute(root, name, ["test"], ["motion", "prior"], InProcessConditions("codec"))
 
 
 def contact_sheet(path: Path, rows: list[tuple[str, np.ndarray]]) -> Path:

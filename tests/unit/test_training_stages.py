@@ -13,8 +13,8 @@ import yaml
 from safetensors.torch import load_file
 
 from clients.cli import main as genaug
-from clients.conditions import condition_paths, save_motion
 from services.data import layout
+from services.data.conditions import condition_paths, save_motion
 from services.data.phantoms import generate_phantom_dataset
 from services.models.classifier import VideoClassifier
 from services.models.ldm import WEIGHTS_NAME, SequenceUNet, identity_trajectories

@@ -72,8 +72,8 @@ def stage_flags(stage: str, settings: dict[str, object], args, out: Path, scale:
 
 def run_all(args: argparse.Namespace) -> int:
     """Runs the whole recipe (see the module docstring); returns 0."""
-    from clients import conditions
-    from services.data import phantoms
+    from services.data import conditions, phantoms
+    from services.models.conditions import InProcessConditions
 
     out = Path(args.out or "runs/train")
     scale = float(args.recipe_scale or 1.0)
@@ -89,9 +89,10 @@ def run_all(args: argparse.Namespace) -> int:
         phantoms.ensure_bundled_dataset(root)
 
     logger.info("all: conditions (motion fields, trajectories, priors) for %s", args.name)
-    parser = argparse.ArgumentParser()
-    conditions.add_arguments(parser)
-    conditions.run(parser.parse_args(["--dataset-root", str(root), "--name", args.name]))
+    counts = conditions.precompute(
+        root, args.name, ["train", "test"], list(conditions.KINDS), InProcessConditions()
+    )
+    logger.info("all: %(computed)d clips computed, %(skipped)d already done", counts)
 
     parser = argparse.ArgumentParser()
     cli.add_arguments(parser)
