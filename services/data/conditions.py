@@ -52,6 +52,9 @@ class ConditionPaths:
     trajectory: Path
     prior: Path
 
+    def files(self) -> tuple[Path, Path, Path]:
+        return self.motion_field, self.trajectory, self.prior
+
     def has(self, kind: str) -> bool:
         if kind == "motion":
             return self.motion_field.is_file() and self.trajectory.is_file()
