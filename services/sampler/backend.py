@@ -28,10 +28,27 @@ from services.sampler.limits import RequestLimits
 logger = logging.getLogger(__name__)
 
 
+# The layout of each condition tensor (what the UNet and the trajectory code index into).
+CONDITION_LAYOUTS = {
+    "image_prior": "(256,64,64)",
+    "motion_field": "(T-1,2,H,W)",
+    "trajectories": "(N,S,3)",
+    "trajectory_mask": "(N,S)",
+    "reference_frames": "(T,H,W)",
+    "text_embedding": "(L,D)",
+}
+
+
 def _tensor(message, field: str) -> torch.Tensor | None:
     if not wire.is_set(message):
         return None
-    return torch.from_numpy(np.array(wire.from_proto(message, field)))
+    array = wire.from_proto(message, field)
+    layout = CONDITION_LAYOUTS[field.rpartition(".")[2]]
+    if array.ndim != layout.count(",") + 1 or 0 in array.shape:
+        raise InvalidArgument(
+            field, f"must be a non-empty {layout} tensor, got shape {list(array.shape)}"
+        )
+    return torch.from_numpy(np.array(array))
 
 
 class SamplerBackend:

@@ -80,3 +80,20 @@ def test_a_huge_request_is_refused_without_work(stub):
     error, seconds = _refusal(stub, pb.GenerateRequest(num_frames=100_000, steps=1))
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert seconds < 1.0
+
+
+@pytest.mark.parametrize(
+    "name, array",
+    [
+        ("motion_field", np.zeros((), np.float32)),
+        ("motion_field", np.zeros((3, 2, 8), np.float32)),
+        ("reference_frames", np.zeros((0, 8, 8), np.uint8)),
+        ("trajectories", np.zeros((4, 3), np.int64)),
+        ("image_prior", np.zeros((256,), np.float32)),
+    ],
+)
+def test_condition_tensors_of_the_wrong_rank_are_invalid_argument(stub, name, array):
+    # Found by tests/fuzz: a 0-d motion field was an IndexError (INTERNAL) in the backend.
+    error, _ = _refusal(stub, pb.GenerateRequest(steps=1, conditions=_conditions(**{name: array})))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.details().startswith(f"conditions.{name}: must be a non-empty")

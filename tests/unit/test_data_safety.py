@@ -96,6 +96,8 @@ def test_prepare_overwrite_refuses_a_source_inside_the_dataset_it_replaces(tmp_p
 class _Backend:
     """Conditions of the right shapes, without the models (the writing is what is tested)."""
 
+    kinds = ("motion", "prior")
+
     def motion(self, frames):
         t, h, w = frames.shape
         traj = np.zeros((4, t + 8, 3), np.int64)
