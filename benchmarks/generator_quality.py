@@ -31,13 +31,14 @@ DEFAULT_MODEL_DIR = Path("deploy/model-repository")
 
 
 def _ensure_data(root: Path, name: str) -> None:
-    from clients.conditions import InProcessBackend, precompute
+    from services.data.conditions import precompute
     from services.data.phantoms import PHANTOM_NAME, ensure_bundled_dataset
+    from services.models.conditions import InProcessConditions
 
     if name == PHANTOM_NAME:
         ensure_bundled_dataset(root)
     # Only the test split is needed; existing files are skipped (a few minutes the first time).
-    precompute(root, name, ["test"], ["motion", "prior"], InProcessBackend("codec"))
+    precompute(root, name, ["test"], ["motion", "prior"], InProcessConditions("codec"))
 
 
 def contact_sheet(path: Path, rows: list[tuple[str, np.ndarray]]) -> Path:
@@ -79,7 +80,7 @@ def main(argv: list[str] | None = None) -> dict:
     logging.basicConfig(level=logging.WARNING)
 
     from services.models.classifier import VideoClassifier
-    from services.models.ldm import load_unet
+    from services.models.ldm import SequenceUNet
     from services.models.training import evaluation
     from services.models.training.data import load_clips, load_conditions
     from services.models.training.ldm import text_embeddings
@@ -89,7 +90,7 @@ def main(argv: list[str] | None = None) -> dict:
     _ensure_data(args.dataset_root, args.name)
     classes = json.loads((args.model_dir / "classes.json").read_text())
     vae = load_vae(args.model_dir / "vae").eval()
-    unet = load_unet(args.model_dir / "ldm")
+    unet = SequenceUNet.from_pretrained(args.model_dir / "ldm")
     classifier = VideoClassifier.from_pretrained(args.model_dir / "classifier")
 
     test = load_clips(args.dataset_root, args.name, "test", classes)

@@ -36,6 +36,7 @@ from clients.augment.manifest import (
     manifest_path,
     pool_path,
     shard_state,
+    state_dir,
 )
 from clients.augment.options import AugmentOptions, channel_settings
 from clients.augment.plan import WorkItem, build_plan, class_targets
@@ -47,6 +48,7 @@ from clients.rpc.channel import open_channel
 from clients.rpc.encoder import ConditionEncoderClient
 from clients.rpc.motion import MotionExtractorClient
 from services.data import layout
+from services.data.conditions import condition_paths
 
 __all__ = ["JobFailed", "JobPlan", "JobResult", "plan_job", "run_job"]
 
@@ -180,9 +182,13 @@ class Shard:
         """Final names of the files only this shard writes (their temporaries are its own)."""
         items = self.plan.items
         owned = [f"{w.id}.{ext}" for w in items for ext in ("npz", "avi", "npy")]
-        stems = {Path(w.source_clip).stem for w in items}
-        kinds = ("prior.npy", "motion.npy", "trajectory.npz")
-        return owned + [f"{s}.{kind}" for s in stems for kind in kinds] + [self.manifest.path.name]
+        cache = state_dir(self.out) / "conditions"
+        conditions = {
+            path.name
+            for w in items
+            for path in condition_paths(cache, self.plan.name, w.source_clip).files()
+        }
+        return owned + sorted(conditions) + [self.manifest.path.name]
 
 
 @dataclass(frozen=True)

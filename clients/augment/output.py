@@ -19,6 +19,7 @@ from clients.augment.manifest import (
 )
 from clients.augment.plan import WorkItem
 from services.data import layout
+from services.data.conditions import condition_paths
 
 logger = logging.getLogger(__name__)
 
@@ -97,9 +98,10 @@ def remove_stale_temporaries(out: Path, name: str, finals: Iterable[str]) -> int
     the report removes its own. Returns how many were removed.
     """
     owned = set(finals)
+    cache = condition_paths(state_dir(out) / "conditions", name, "any")
     folders = [
         state_dir(out) / "pool",
-        state_dir(out) / "conditions",
+        *(path.parent for path in cache.files()),
         state_dir(out),
         layout.dataset_dir(out, name),
     ]

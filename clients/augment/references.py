@@ -1,7 +1,7 @@
 """The conditions of a reference clip, from the cheapest place that has them.
 
-In order: the dataset's precomputed files (`genaug conditions`, the `clients.conditions`
-layout); this job's cache of conditions fetched earlier (`<out>/.augment/conditions/`); the
+In order: the dataset's precomputed files (`genaug conditions`); this job's cache of conditions
+fetched earlier (`<out>/.augment/conditions/`, the same `services.data.conditions` layout); the
 condition encoder and motion extractor when their addresses are given (the result is cached,
 so a re-run sends the sampler byte-identical requests); otherwise the reference frames go to
 the sampler, which fetches what is missing from the services it is wired to.
@@ -9,6 +9,7 @@ the sampler, which fetches what is missing from the services it is wired to.
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections import OrderedDict
 from pathlib import Path
@@ -16,12 +17,15 @@ from pathlib import Path
 import numpy as np
 
 from clients.augment.manifest import state_dir
-from clients.conditions import ConditionPaths, condition_paths, load_motion, save_motion
+from clients.rpc.conditions import GrpcConditions
 from clients.rpc.sampler import conditions_message
 from genaug.v1 import sampler_pb2 as pb
 from services.data import layout
+from services.data.conditions import CachedConditions
 
 CONDITION_KINDS = ("prior", "motion", "text")
+# Where a kind came from, as `sources` reports it: the files' labels, or the service asked.
+COMPUTED_BY = {"prior": "encoder", "motion": "motion-extractor"}
 
 
 class ReferenceConditions:
@@ -50,7 +54,12 @@ class ReferenceConditions:
     ):
         self.root, self.name, self.kinds, self.texts = Path(root), name, set(kinds), texts
         self.cache = state_dir(out) / "conditions"
-        self.encoder, self.motion, self.timeout = encoder, motion, timeout
+        self.conditions = CachedConditions(
+            name,
+            [("dataset", self.root), ("cache", self.cache)],
+            GrpcConditions(encoder, motion, timeout=timeout),
+            store=self.cache,
+        )
         self.sources: dict[str, str] = {}  # "prior"/"motion" -> where the last one came from
         self._memo: OrderedDict[str, pb.Conditions] = OrderedDict()
         self._memo_size = memo_size
@@ -75,49 +84,29 @@ class ReferenceConditions:
         return message
 
     def _build(self, source_clip: str) -> pb.Conditions:
-        stem = Path(source_clip).stem
-        dataset = condition_paths(self.root, self.name, source_clip)
-        cached = ConditionPaths(
-            self.cache / f"{stem}.motion.npy",
-            self.cache / f"{stem}.trajectory.npz",
-            self.cache / f"{stem}.prior.npy",
-        )
-        frames = None
+        frames = functools.cache(lambda: self._frames(source_clip))
         fields: dict[str, np.ndarray] = {}
         if "prior" in self.kinds:
-            prior, source = None, "sampler"
-            for where, paths in (("dataset", dataset), ("cache", cached)):
-                if paths.prior.is_file():
-                    prior, source = np.load(paths.prior, allow_pickle=False), where
-                    break
-            if prior is None and self.encoder is not None:
-                frames = self._frames(source_clip)
-                prior = np.asarray(self.encoder.image_prior(frames[:1], timeout=self.timeout)[0])
-                layout.save_npy(cached.prior, prior)
-                source = "encoder"
+            prior, where = self.conditions.prior(source_clip, frames)
             if prior is not None:
                 fields["image_prior"] = np.asarray(prior, np.float32)
-            self.sources["prior"] = source
+            self.sources["prior"] = self._source_name("prior", where)
         if "motion" in self.kinds:
-            motion, source = None, "sampler"
-            for where, paths in (("dataset", dataset), ("cache", cached)):
-                if paths.motion_field.is_file() and paths.trajectory.is_file():
-                    motion, source = load_motion(paths), where
-                    break
-            if motion is None and self.motion is not None:
-                frames = self._frames(source_clip) if frames is None else frames
-                m = self.motion.extract(frames, timeout=self.timeout)
-                motion = (m.motion_field, m.trajectories, m.trajectory_mask)
-                save_motion(cached, *motion)
-                source = "motion-extractor"
+            motion, where = self.conditions.motion(source_clip, frames)
             if motion is not None:
                 fields["motion_field"], fields["trajectories"], fields["trajectory_mask"] = motion
-            self.sources["motion"] = source
+            self.sources["motion"] = self._source_name("motion", where)
         wanted = {"prior": "image_prior" in fields, "motion": "motion_field" in fields}
         if any(kind in self.kinds and not have for kind, have in wanted.items()):
-            fields["reference_frames"] = self._frames(source_clip) if frames is None else frames
+            fields["reference_frames"] = frames()
         text = self.texts.get(source_clip, "") if "text" in self.kinds else ""
         return conditions_message(text=text, **fields)
+
+    @staticmethod
+    def _source_name(kind: str, where: str | None) -> str:
+        if where is None:
+            return "sampler"  # it fetches from the services it is wired to
+        return COMPUTED_BY[kind] if where == "source" else where
 
     def _frames(self, source_clip: str) -> np.ndarray:
         folder = layout.dataset_dir(self.root, self.name)

@@ -1,9 +1,9 @@
 """What the sampler needs besides the engine: the model, text, conditions and decoding.
 
 Conditions arrive as tensors, or are fetched from the condition encoder and the motion extractor
-over gRPC (with the caller's remaining deadline) when the request carries only the reference
-clip. Decoding goes to the VAE codec over gRPC, or runs in-process when the codec is co-located
-(no `--codec-target`).
+over gRPC (`clients.rpc.conditions`, with the caller's remaining deadline) when the request
+carries only the reference clip. Decoding goes to the VAE codec over gRPC, or runs in-process
+when the codec is co-located (no `--codec-target`).
 """
 
 from __future__ import annotations
@@ -15,13 +15,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from clients.rpc.conditions import GrpcConditions
 from genaug import wire
 from genaug.deadline import Deadline
 from genaug.errors import InvalidArgument
-from services.models.ldm.config import LDMConfig
 from services.models.ldm.pipeline import SOLVERS, SamplingRequest, SequenceSampler
-from services.models.ldm.serialization import load_unet
-from services.models.ldm.unet import SequenceUNet
+from services.models.ldm.unet import WEIGHTS_NAME, SequenceUNet
 from services.models.runtime import resolve_device, resolve_dtype
 from services.models.vae_codec import VaeCodec
 from services.sampler.limits import RequestLimits
@@ -77,15 +76,14 @@ class SamplerBackend:
     # -- loading ------------------------------------------------------------------------------
     def load(self) -> None:
         ldm_dir = self.model_dir / "ldm"
-        if (ldm_dir / "model.safetensors").is_file():
-            unet = load_unet(ldm_dir, self.device, self.dtype)
+        if (ldm_dir / WEIGHTS_NAME).is_file():
+            unet = SequenceUNet.from_pretrained(ldm_dir, torch_dtype=self.dtype).to(self.device)
             self.provenance = "trained"
         else:
             logger.warning("no LDM weights in %s: seeded small model (untrained)", ldm_dir)
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(0)
-                config = LDMConfig.preset("small", num_classes=self.num_classes)
-                unet = SequenceUNet(config)
+                unet = SequenceUNet.from_preset("small", num_classes=self.num_classes)
             self.provenance = "seeded-initialisation"
         classes_file = self.model_dir / "classes.json"
         n = unet.config.num_classes or 0
@@ -196,7 +194,7 @@ class SamplerBackend:
         if motion is None:
             side = cfg.sample_size
             if reference is not None:
-                side = reference.shape[-1] // cfg.latent_downsample
+                side = reference.shape[-1] // self.sampler.unet.latent_downsample
             latent_size = (side, side)
         return SamplingRequest(
             num_frames=int(num_frames),
@@ -226,33 +224,35 @@ class SamplerBackend:
             )
 
     def _fetch(self, reference, prior, motion, traj, mask, deadline):
+        """The missing prior and motion of a request's reference frames, from the services."""
         frames = reference.numpy()
         if frames.dtype != np.uint8 or frames.ndim != 3:
             raise InvalidArgument(
                 "conditions.reference_frames",
                 f"must be UINT8 (T,H,W), got {frames.dtype} {list(frames.shape)}",
             )
+        source = GrpcConditions(
+            self._clients.get("encoder"),
+            self._clients.get("motion"),
+            timeout=lambda: deadline.downstream_timeout(default=120),
+        )
         if prior is None:
-            encoder = self._require("encoder", "conditions.image_prior")
-            timeout = deadline.downstream_timeout(default=120)
-            prior = torch.from_numpy(np.array(encoder.image_prior(frames[:1], timeout=timeout)[0]))
+            self._require(source, "prior", "conditions.image_prior")
+            prior = torch.from_numpy(np.array(source.prior(frames)))
         if motion is None:
-            extractor = self._require("motion", "conditions.motion_field")
-            m = extractor.extract(frames, timeout=deadline.downstream_timeout(default=120))
-            motion = torch.from_numpy(np.array(m.motion_field))
-            traj = torch.from_numpy(np.array(m.trajectories))
-            mask = torch.from_numpy(np.array(m.trajectory_mask))
+            self._require(source, "motion", "conditions.motion_field")
+            motion, traj, mask = (torch.from_numpy(np.array(a)) for a in source.motion(frames))
         return prior, motion, traj, mask
 
-    def _require(self, name: str, field: str):
-        client = self._clients.get(name)
-        if client is None:
+    @staticmethod
+    def _require(source: GrpcConditions, kind: str, field: str) -> None:
+        if kind not in source.kinds:
+            service = {"prior": "encoder", "motion": "motion"}[kind]
             raise InvalidArgument(
                 field,
-                f"missing, and no {name} service is configured to compute it from "
+                f"missing, and no {service} service is configured to compute it from "
                 "conditions.reference_frames",
             )
-        return client
 
     # -- decoding -----------------------------------------------------------------------------
     def decode(self, latents: np.ndarray, deadline: Deadline) -> np.ndarray:

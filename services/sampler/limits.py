@@ -26,7 +26,9 @@ class RequestLimits:
 
     max_frames: int = 64
     max_frame_side: int = 512
-    max_steps: int = 1000
+    # 1000 DDIM steps over the 1000-step training schedule (steps_offset 1) would ask for
+    # timestep 1000, one past its end: every request in that batch failed.
+    max_steps: int = 999
     max_guidance: float = 50.0
     max_text_bytes: int = 4096
     max_text_tokens: int = 256

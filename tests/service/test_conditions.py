@@ -5,11 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from clients import conditions
+from clients.cli import main as genaug
 from clients.local_cluster import LocalCluster
+from clients.rpc.channel import open_channel
+from clients.rpc.conditions import GrpcConditions
+from clients.rpc.motion import MotionExtractorClient
 from services.common.config import ServerConfig
-from services.data import phantoms
+from services.data import layout, phantoms
+from services.data.conditions import condition_paths, load_motion, precompute
 from services.data.layout import read_clip
+from services.models.conditions import InProcessConditions
 from services.motion_extractor.__main__ import build_server
 from tests.service.conftest import running
 
@@ -24,10 +29,8 @@ def _motion_files(root):
 
 
 def test_in_process_motion_is_resumable(dataset):
-    backend = conditions.InProcessBackend("codec")
-    counts = conditions.precompute(
-        dataset, "Phantom", ["train"], ["motion"], backend, limit=3, progress=False
-    )
+    backend = InProcessConditions("codec")
+    counts = precompute(dataset, "Phantom", ["train"], ["motion"], backend, limit=3, progress=False)
     assert counts == {"computed": 3, "skipped": 0}
     files = _motion_files(dataset)
     assert len(files) == 3
@@ -40,9 +43,7 @@ def test_in_process_motion_is_resumable(dataset):
         assert archive["trajectories"].shape == (8 * 8 * 8, 16, 3)
         assert archive["trajectory_mask"].dtype == np.bool_
     files[1].unlink()
-    again = conditions.precompute(
-        dataset, "Phantom", ["train"], ["motion"], backend, limit=3, progress=False
-    )
+    again = precompute(dataset, "Phantom", ["train"], ["motion"], backend, limit=3, progress=False)
     assert again == {"computed": 1, "skipped": 2}
     assert not list(dataset.glob("Phantom_motion_field/.*")), "temporary files left behind"
 
@@ -50,19 +51,32 @@ def test_in_process_motion_is_resumable(dataset):
 def test_grpc_backend_gives_the_same_files(dataset, tmp_path):
     config = ServerConfig(service="motion_extractor", port=0, metrics_port=None)
     with running(build_server(config)) as server:
-        backend = conditions.GrpcBackend(f"127.0.0.1:{server.port}", None, "codec")
-        item = next(iter(conditions.layout.load_dataset(dataset, "Phantom", "train")))
-        remote = backend.motion(read_clip(item.path))
-    local = conditions.InProcessBackend("codec").motion(read_clip(item.path))
+        with open_channel(f"127.0.0.1:{server.port}") as channel:
+            backend = GrpcConditions(motion=MotionExtractorClient(channel), method="codec")
+            item = next(iter(layout.load_dataset(dataset, "Phantom", "train")))
+            remote = backend.motion(read_clip(item.path))
+    local = InProcessConditions("codec").motion(read_clip(item.path))
     for a, b in zip(remote, local, strict=True):
         np.testing.assert_array_equal(a, b)
 
 
+def test_cli_over_grpc_writes_the_in_process_files(dataset, capsys):
+    config = ServerConfig(service="motion_extractor", port=0, metrics_port=None)
+    with running(build_server(config)) as server:
+        flags = ["--dataset-root", str(dataset), "--name", "Phantom", "--splits", "train"]
+        flags += ["--what", "motion", "--limit", "1", "--overwrite"]
+        assert genaug(["conditions", *flags, "--motion-target", f"127.0.0.1:{server.port}"]) == 0
+    assert "Phantom: 1 clips computed, 0 already done" in capsys.readouterr().out
+    item = next(iter(layout.load_dataset(dataset, "Phantom", "train")))
+    written = load_motion(condition_paths(dataset, "Phantom", item.file_name))
+    local = InProcessConditions("codec").motion(read_clip(item.path))
+    for a, b in zip(written, local, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_prior_of_one_clip_in_process(dataset):
-    backend = conditions.InProcessBackend("codec")
-    counts = conditions.precompute(
-        dataset, "Phantom", ["test"], ["prior"], backend, limit=1, progress=False
-    )
+    backend = InProcessConditions("codec")
+    counts = precompute(dataset, "Phantom", ["test"], ["prior"], backend, limit=1, progress=False)
     assert counts["computed"] == 1
     (prior_file,) = (dataset / "Phantom_data_emb").glob("*.npy")
     prior = np.load(prior_file, allow_pickle=False)

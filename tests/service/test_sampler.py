@@ -127,3 +127,19 @@ def test_mismatched_conditions_are_invalid_argument(client):
     with pytest.raises(GenAugError) as info:
         client.generate(0, bad, steps=2, timeout=30)
     assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_reference_frames_without_the_services_name_the_missing_condition(client):
+    """No condition encoder or motion extractor is wired to this sampler: it cannot fetch."""
+    frames = np.zeros((4, 64, 64), np.uint8)
+    prior = np.zeros((256, 64, 64), np.float32)
+    for conditions, field in (
+        (conditions_message(reference_frames=frames), "conditions.image_prior"),
+        (conditions_message(reference_frames=frames, image_prior=prior), "conditions.motion_field"),
+    ):
+        with pytest.raises(GenAugError) as info:
+            client.generate(0, conditions, steps=1, timeout=30)
+        assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
+        assert (
+            info.value.details.startswith(field) and "service is configured" in info.value.details
+        )

@@ -25,6 +25,7 @@ from clients.augment.manifest import (
 from clients.augment.report import summary_lines
 from clients.rpc.filter import ClassBand
 from services.data import layout
+from services.data.conditions import condition_paths
 from tests.unit.augment_support import (
     NAME,
     Crash,
@@ -235,6 +236,20 @@ def test_stale_temporaries_of_other_shards_are_kept(tmp_path):
     theirs.write_bytes(b"")
     assert output.remove_stale_temporaries(out, NAME, ["A-x-66.npz"]) == 1
     assert not mine.exists() and theirs.exists()
+
+
+def test_a_killed_runs_condition_cache_temporaries_are_removed(tmp_path):
+    out = tmp_path / "out"
+    cached = condition_paths(state_dir(out) / "conditions", NAME, "x_s00.avi")
+    temporaries = []
+    for path in cached.files():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(f".{path.name}.tmp-1-aa")
+        temporary.write_bytes(b"")
+        temporaries.append(temporary)
+    finals = sorted({path.name for path in cached.files()})
+    assert output.remove_stale_temporaries(out, NAME, finals) == 3
+    assert not any(t.exists() for t in temporaries)
 
 
 def test_relative_paths_reference_frames_and_report(tmp_path, monkeypatch):

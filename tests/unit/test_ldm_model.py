@@ -1,4 +1,4 @@
-"""Sequence LDM UNet: shapes, 2D -> sequence inflation, Motion Field Attention, I/O."""
+"""Sequence LDM UNet: shapes, 2D -> sequence inflation, SAM / MFA processors, I/O."""
 
 from __future__ import annotations
 
@@ -8,17 +8,27 @@ import json
 
 import pytest
 import torch
+from diffusers.models.attention_processor import AttnProcessor2_0
+from safetensors.torch import save_file
 
 from services.models.ldm import (
-    LDMConfig,
+    WEIGHTS_NAME,
+    KeyFrameAttnProcessor,
+    MotionFieldAttnProcessor,
     SequenceUNet,
     finetune_parameters,
     identity_trajectories,
-    load_unet,
     prepare_trajectories,
-    save_unet,
+    preset_config,
 )
-from services.models.ldm.attention import FrameContext, motion_field_attention
+from services.models.ldm.attention import FrameContext
+from services.models.ldm.legacy import (
+    LEGACY_FORMAT,
+    convert_legacy_checkpoint,
+    is_legacy_checkpoint,
+    load_legacy_unet,
+)
+from services.models.weights import CheckpointError
 
 # Tiny model: 4x4 latents, x2 "VAE" (motion embedder with one stride-2 step), 8x8 prior.
 TINY = dict(
@@ -41,8 +51,18 @@ H = W = 4
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def tiny_config(**overrides) -> LDMConfig:
-    return LDMConfig(**{**TINY, **overrides})
+def tiny_config(**overrides) -> dict:
+    return {**TINY, **overrides}
+
+
+def write_legacy_checkpoint(model: SequenceUNet, directory) -> None:
+    """The pre-diffusers layout: `model.safetensors` + the config fields with a `format` key."""
+    directory.mkdir(parents=True, exist_ok=True)
+    save_file(
+        {k: v.contiguous() for k, v in model.state_dict().items()}, directory / "model.safetensors"
+    )
+    config = {"format": LEGACY_FORMAT, "class": "SequenceUNet", **model.config_dict()}
+    (directory / "config.json").write_text(json.dumps(config))
 
 
 def randomize(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
@@ -58,7 +78,7 @@ def randomize(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
 @functools.cache
 def model_for(**flags) -> SequenceUNet:
     torch.manual_seed(0)
-    return randomize(SequenceUNet(tiny_config(**flags)))
+    return randomize(SequenceUNet(**tiny_config(**flags)))
 
 
 def inputs(b: int, f: int, seed: int = 0, h: int = H, w: int = W) -> dict:
@@ -105,7 +125,7 @@ def test_output_shape_for_every_condition_combination(frames, sam, mfa, motion_m
 
 
 def test_2d_model_and_no_prior_branch_shapes():
-    model2d = randomize(SequenceUNet(tiny_config(sequence=False, image_prior_channels=None)))
+    model2d = randomize(SequenceUNet(**tiny_config(sequence=False, image_prior_channels=None)))
     kw = inputs(2, 3)
     with torch.no_grad():
         assert model2d(kw["sample"][:, :, 0], 5, kw["class_labels"]).shape == (2, 4, H, W)
@@ -116,7 +136,7 @@ def test_2d_model_and_no_prior_branch_shapes():
 @pytest.mark.parametrize("use_motion", [False, True])
 def test_inflated_model_equals_2d_model_frame_by_frame(use_motion):
     torch.manual_seed(1)
-    model2d = randomize(SequenceUNet(tiny_config(sequence=False)), seed=1)
+    model2d = randomize(SequenceUNet(**tiny_config(sequence=False)), seed=1)
     seq = SequenceUNet.from_2d(model2d, use_sam=False, use_motion=use_motion).eval()
     kw = inputs(2, 4, seed=3)
     with torch.no_grad():
@@ -128,7 +148,7 @@ def test_inflated_model_equals_2d_model_frame_by_frame(use_motion):
 
 
 def test_key_frame_attention_on_one_frame_is_self_attention():
-    model2d = randomize(SequenceUNet(tiny_config(sequence=False)), seed=2)
+    model2d = randomize(SequenceUNet(**tiny_config(sequence=False)), seed=2)
     seq = SequenceUNet.from_2d(model2d).eval()  # SAM, MFA and motion on
     kw = inputs(2, 1, seed=4)
     traj, mask = identity_trajectories(1, H, W)
@@ -150,8 +170,10 @@ def test_motion_field_attention_attends_only_along_trajectories():
     ctx = FrameContext(num_frames=f, traj_index=index, traj_mask=mask)
     feats = torch.randn(f, n, c)
 
+    mfa = MotionFieldAttnProcessor.attend_along_trajectories
+
     def out0(x):
-        return motion_field_attention(x, heads, ctx)[0, 0]
+        return mfa(x, heads, ctx)[0, 0]
 
     base = out0(feats)
     off = feats.clone()
@@ -163,7 +185,7 @@ def test_motion_field_attention_attends_only_along_trajectories():
     on[1, 1 * w + 2] += 5.0  # (t=1, row=1, col=2): on the trajectory
     assert not torch.allclose(out0(on), base)
     # Lone tokens only see themselves: MFA is the identity there.
-    torch.testing.assert_close(motion_field_attention(feats, heads, ctx)[1:], feats[1:])
+    torch.testing.assert_close(mfa(feats, heads, ctx)[1:], feats[1:])
 
 
 def test_mfa_in_the_model_uses_the_trajectories():
@@ -222,14 +244,87 @@ def test_class_labels_are_required():
 
 def test_save_and_load_round_trip(tmp_path):
     model = model_for(use_sam=True, use_mfa=True, use_motion=True)
-    save_unet(model, tmp_path)
+    model.save_pretrained(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", WEIGHTS_NAME]
     config = json.loads((tmp_path / "config.json").read_text())
-    assert config["block_out_channels"] == [16, 32] and config["format"].startswith("ctrl-genaug")
-    loaded = load_unet(tmp_path)
-    assert loaded.config == model.config
+    assert config["block_out_channels"] == [16, 32] and config["_class_name"] == "SequenceUNet"
+    loaded = SequenceUNet.from_pretrained(tmp_path)
+    assert loaded.config_dict() == model.config_dict()
     kw = inputs(1, 2, seed=7)
     with torch.no_grad():
         torch.testing.assert_close(loaded(**kw), model(**kw), atol=0, rtol=0)
+
+
+def test_from_pretrained_is_strict(tmp_path):
+    model = model_for(use_sam=True, use_mfa=True, use_motion=True)
+    model.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, "use_motion": False}))
+    with pytest.raises(CheckpointError, match="unexpected keys: .*motion_encoder"):
+        SequenceUNet.from_pretrained(tmp_path)
+    with pytest.raises(FileNotFoundError, match=WEIGHTS_NAME):
+        SequenceUNet.from_pretrained(tmp_path / "nothing")
+
+
+def test_legacy_checkpoint_converts_to_the_same_model(tmp_path):
+    model = model_for(use_sam=True, use_mfa=True, use_motion=True)
+    old = tmp_path / "old"
+    write_legacy_checkpoint(model, old)
+    (old / "classes.json").write_text('["a", "b", "c"]')
+    assert is_legacy_checkpoint(old) and not is_legacy_checkpoint(tmp_path)
+    with pytest.raises(FileNotFoundError, match="services.models.ldm.legacy"):
+        SequenceUNet.from_pretrained(old)
+    new = convert_legacy_checkpoint(old, tmp_path / "new")
+    assert (new / "classes.json").read_text() == '["a", "b", "c"]'
+    kw = inputs(1, 3, seed=8)
+    with torch.no_grad():
+        expected = model(**kw)
+        for converted in (load_legacy_unet(old), SequenceUNet.from_pretrained(new)):
+            assert converted.config_dict() == model.config_dict()
+            torch.testing.assert_close(converted(**kw), expected, atol=0, rtol=0)
+    convert_legacy_checkpoint(old, old)  # in place: the old weights file goes
+    assert sorted(p.name for p in old.iterdir()) == ["classes.json", "config.json", WEIGHTS_NAME]
+    with torch.no_grad():
+        torch.testing.assert_close(
+            SequenceUNet.from_pretrained(old)(**kw), expected, atol=0, rtol=0
+        )
+
+
+def test_sam_and_mfa_are_attention_processors():
+    model = randomize(SequenceUNet(**tiny_config()), seed=9)
+    spatial = {k: v for k, v in model.attn_processors.items() if k.endswith("attn1.processor")}
+    kinds = {k: type(v) for k, v in spatial.items()}
+    # MFA at the highest resolution (down level 0 and the last up block), key frames elsewhere.
+    assert kinds["down_blocks.0.attentions.0.transformer_blocks.0.attn1.processor"] is (
+        MotionFieldAttnProcessor
+    )
+    assert kinds["up_blocks.1.attentions.0.transformer_blocks.0.attn1.processor"] is (
+        MotionFieldAttnProcessor
+    )
+    assert kinds["mid_block.attentions.0.transformer_blocks.0.attn1.processor"] is (
+        KeyFrameAttnProcessor
+    )
+    others = [p for k, p in model.attn_processors.items() if k not in spatial]
+    assert others and all(isinstance(p, AttnProcessor2_0) for p in others)  # diffusers' own
+    kw = inputs(1, 4, seed=10)
+    traj, mask = line_trajectories(4)
+    with torch.no_grad():
+        with_mfa = model(**kw, trajectories=traj, trajectory_mask=mask)
+        without = model(**kw)
+        # Swapping the MFA processors for key-frame ones is MFA off, trajectories or not.
+        swapped = {
+            k: KeyFrameAttnProcessor() if isinstance(p, MotionFieldAttnProcessor) else p
+            for k, p in model.attn_processors.items()
+        }
+        model.set_attn_processor(swapped)
+        key_frames_only = model(**kw, trajectories=traj, trajectory_mask=mask)
+        # Plain per-frame self-attention everywhere: SAM off; frames no longer see each other
+        # through attn1 (the temporal attention still mixes them).
+        model.set_attn_processor(AttnProcessor2_0())
+        plain = model(**kw)
+    assert (with_mfa - without).abs().max() > 1e-4
+    torch.testing.assert_close(key_frames_only, without, atol=0, rtol=0)
+    assert (plain - without).abs().max() > 1e-4
 
 
 def test_sd_unet_weights_load_by_name():
@@ -256,11 +351,16 @@ def test_sd_unet_weights_load_by_name():
 
 
 def test_presets_and_finetune_parameters():
-    assert LDMConfig.preset("sd14").block_out_channels == (320, 640, 1280, 1280)
-    small = LDMConfig.preset("small", num_classes=3)
-    assert small.latent_downsample == 8 and small.num_classes == 3
+    with torch.device("meta"):  # the 0.9 G-parameter model, nothing allocated
+        sd14 = SequenceUNet.from_preset("sd14")
+    assert sd14.config.block_out_channels == (320, 640, 1280, 1280)
+    assert 0.8e9 < sd14.num_parameters() < 1.0e9
+    small = SequenceUNet.from_preset("small", num_classes=3)
+    assert small.latent_downsample == 8 and small.config.num_classes == 3
     with pytest.raises(ValueError):
-        LDMConfig.preset("nope")
+        preset_config("nope")
+    with pytest.raises(ValueError, match="divisible"):
+        SequenceUNet(**tiny_config(block_out_channels=(16, 30)))
     names = [
         n for n, _ in finetune_parameters(model_for(use_sam=True, use_mfa=True, use_motion=True))
     ]

@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from services.models.ldm import (
-    LDMConfig,
     SamplingRequest,
     SequenceSampler,
     SequenceUNet,
@@ -19,7 +18,6 @@ from tests.unit.test_ldm_model import TINY as TINY_CONFIG
 
 H = W = 4
 F = 4
-TINY = LDMConfig(**TINY_CONFIG)  # the model tests' tiny configuration
 EMPTY_TEXT = torch.linspace(-1, 1, 5 * 12).reshape(5, 12)
 
 
@@ -29,7 +27,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 @functools.cache
 def unet() -> SequenceUNet:
     torch.manual_seed(0)
-    model = SequenceUNet(TINY)
+    model = SequenceUNet(**TINY_CONFIG)  # the model tests' tiny configuration
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():  # wake the zero-initialised layers up
         for p in model.parameters():

@@ -7,14 +7,14 @@ import pytest
 import torch
 
 from services.models.classifier import VideoClassifier
-from services.models.ldm import load_unet
+from services.models.ldm import WEIGHTS_NAME, SequenceUNet
 from services.models.vae import TRAINED, load_or_init_vae
 
 REPO = Path(__file__).resolve().parents[2] / "deploy" / "model-repository"
 MAX_BYTES = 40 * 1024 * 1024
 
 pytestmark = pytest.mark.skipif(
-    not (REPO / "ldm" / "model.safetensors").is_file(), reason="no bundled weights"
+    not (REPO / "ldm" / WEIGHTS_NAME).is_file(), reason="no bundled weights"
 )
 
 
@@ -24,7 +24,7 @@ def test_bundled_models_load_strictly_and_share_the_classes():
     vae, provenance = load_or_init_vae(REPO / "vae")
     assert provenance == TRAINED
     assert json.loads((REPO / "vae" / "provenance.json").read_text())["provenance"] == "trained"
-    unet = load_unet(REPO / "ldm")
+    unet = SequenceUNet.from_pretrained(REPO / "ldm")
     assert unet.config.sequence and unet.config.num_classes == len(classes)
     assert unet.dtype == torch.float32
     assert unet.config.in_channels == unet.config.out_channels == vae.config.latent_channels

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from genaug.errors import InvalidArgument
+from services.data.conditions import condition_paths, load_motion, save_motion
 from services.models.motion.field import codec_motion_field
 from services.models.motion.trajectories import (
     NUM_SPATIAL_SLOTS,
@@ -14,7 +15,6 @@ from services.models.motion.trajectories import (
     displacement_cells,
     save_npy_atomic,
     save_npz_atomic,
-    save_trajectories,
     trajectory_list,
 )
 
@@ -272,19 +272,24 @@ def test_bad_fields_are_invalid_argument(field, kwargs, name: str) -> None:
 def test_atomic_saves_round_trip_without_pickle(tmp_path) -> None:
     result = compute_trajectories(constant_field(4, 32, 8.0, 0.0))
     field = constant_field(4, 32, 8.0, 0.0)
-    save_npy_atomic(tmp_path / "clip.npy", field)
-    save_trajectories(tmp_path / "clip_traj.npz", result)
+    paths = condition_paths(tmp_path, "DS", "clip.avi")
+    save_motion(paths, field, result.trajectories, result.trajectory_mask)
     save_npz_atomic(tmp_path / "extra.npz", a=np.arange(3))
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.npy", "clip_traj.npz", "extra.npz"]
-    np.testing.assert_array_equal(np.load(tmp_path / "clip.npy", allow_pickle=False), field)
-    with np.load(tmp_path / "clip_traj.npz", allow_pickle=False) as data:
-        np.testing.assert_array_equal(data["trajectories"], result.trajectories)
-        np.testing.assert_array_equal(data["trajectory_mask"], result.trajectory_mask)
-        assert int(data["resolution"]) == 4 and int(data["max_length"]) == result.max_length
+    files = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
+    assert files == ["DS_motion_field/clip.npy", "DS_motion_field_trajectory/clip.npz", "extra.npz"]
+    loaded_field, trajectories, mask = load_motion(paths)
+    np.testing.assert_array_equal(loaded_field, field)
+    np.testing.assert_array_equal(trajectories, result.trajectories)
+    np.testing.assert_array_equal(mask, result.trajectory_mask)
+    # The one schema keeps only the arrays; resolution and max length are in their shapes.
+    with np.load(paths.trajectory, allow_pickle=False) as data:
+        assert sorted(data.files) == ["trajectories", "trajectory_mask"]
+    assert result.resolution == 4 and trajectories.shape[0] == 4 * 4 * 4
+    assert trajectories.shape[1] == NUM_SPATIAL_SLOTS + result.max_length - 1
     # Overwrite in place, still no temporary left over.
-    save_npy_atomic(tmp_path / "clip.npy", np.zeros(2))
-    assert np.load(tmp_path / "clip.npy", allow_pickle=False).shape == (2,)
-    assert len(list(tmp_path.iterdir())) == 3
+    save_npy_atomic(paths.motion_field, np.zeros(2))
+    assert np.load(paths.motion_field, allow_pickle=False).shape == (2,)
+    assert len([p for p in tmp_path.rglob("*") if p.is_file()]) == 3
 
 
 def test_failed_save_leaves_nothing_behind(tmp_path) -> None:

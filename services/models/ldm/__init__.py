@@ -1,15 +1,21 @@
 """Sequence latent diffusion model (Ctrl-GenAug generator) and its step-wise sampler.
 
 Public API:
-    LDMConfig.preset("sd14" | "small", **overrides): model hyperparameters.
-    SequenceUNet(config): the UNet (2D when `sequence=False`); `SequenceUNet.from_2d` inflates.
+    SequenceUNet(**config): the UNet (2D when `sequence=False`), a diffusers `ModelMixin`;
+        `SequenceUNet.from_preset("sd14" | "small", **overrides)`, `from_2d` inflates,
+        `save_pretrained` / `from_pretrained` (`config.json` + `WEIGHTS_NAME`).
+    KeyFrameAttnProcessor / MotionFieldAttnProcessor: SAM's attention processors.
     SequenceSampler(unet, ...): `prepare(request) -> state`, `step(states)`, `finish(state)`,
         `generate(requests)`.
-    save_unet / load_unet: safetensors + JSON config.
+    legacy: reading and converting the pre-diffusers checkpoint format.
 """
 
-from .attention import identity_trajectories, prepare_trajectories
-from .config import PRESETS, LDMConfig
+from .attention import (
+    KeyFrameAttnProcessor,
+    MotionFieldAttnProcessor,
+    identity_trajectories,
+    prepare_trajectories,
+)
 from .pipeline import (
     SCHEDULER_CONFIG,
     SOLVERS,
@@ -18,23 +24,23 @@ from .pipeline import (
     SequenceSampler,
     make_scheduler,
 )
-from .serialization import load_config, load_unet, save_unet
-from .unet import SequenceUNet, finetune_parameters
+from .presets import PRESETS, preset_config
+from .unet import WEIGHTS_NAME, SequenceUNet, finetune_parameters
 
 __all__ = [
     "PRESETS",
     "SCHEDULER_CONFIG",
     "SOLVERS",
-    "LDMConfig",
+    "WEIGHTS_NAME",
+    "KeyFrameAttnProcessor",
+    "MotionFieldAttnProcessor",
     "SamplingRequest",
     "SamplingState",
     "SequenceSampler",
     "SequenceUNet",
     "finetune_parameters",
     "identity_trajectories",
-    "load_config",
-    "load_unet",
     "make_scheduler",
     "prepare_trajectories",
-    "save_unet",
+    "preset_config",
 ]

@@ -1,5 +1,9 @@
 """Sequential Augmentation Module, Motion Field Attention and the (2+1)D transformer blocks.
 
+SAM's key-frame attention and MFA are diffusers attention processors (`KeyFrameAttnProcessor`,
+`MotionFieldAttnProcessor`) on the blocks' `attn1`, so `SequenceUNet.attn_processors` lists
+them and `set_attn_processor` swaps them like any other processor.
+
 Token layout: hidden states inside the UNet are per frame, (B*F, h*w, C) with frames of one clip
 adjacent. Trajectory points are `(t, row, col)` triples, the reference's `(t, x, y)` with x the
 row (it gathers `key[b, t, x, y]` on a (b, f, h, w) tensor) and what the motion extractor sends;
@@ -107,62 +111,104 @@ def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
     return x.view(b, n, heads, c // heads).transpose(1, 2)
 
 
-def key_frame_attention(attn: Attention, x: torch.Tensor, num_frames: int) -> torch.Tensor:
-    """Key-frame attention: frame i attends to frames 0 and i-1 (frame 0 to itself twice).
+class KeyFrameAttnProcessor:
+    """SAM's key-frame attention as a diffusers attention processor (for `attn1`).
 
-    Args:
-        attn: The (spatial self-) attention whose projections are used.
-        x: (B*F, n, C) normalised hidden states.
-        num_frames: F.
-
-    Returns:
-        (B*F, n, heads*d): head outputs merged, before `to_out`.
+    Frame i of a clip attends to frames 0 and i-1 (frame 0 to itself twice), with the layer's
+    own `to_q`/`to_k`/`to_v`/`to_out`, so it starts from the 2D model's self-attention weights.
+    Needs `frame_context=` (the clip's frame count) from the caller, like any processor's extra
+    `cross_attention_kwargs`.
     """
-    bf, n, _ = x.shape
-    b = bf // num_frames
-    query = attn.to_q(x)
-    key = attn.to_k(x).view(b, num_frames, n, -1)
-    value = attn.to_v(x).view(b, num_frames, n, -1)
-    first = torch.zeros(num_frames, dtype=torch.long, device=x.device)
-    prev = (torch.arange(num_frames, device=x.device) - 1).clamp(min=0)
-    key = torch.cat([key[:, first], key[:, prev]], dim=2).reshape(bf, 2 * n, -1)
-    value = torch.cat([value[:, first], value[:, prev]], dim=2).reshape(bf, 2 * n, -1)
-    out = F.scaled_dot_product_attention(
-        _heads(query, attn.heads), _heads(key, attn.heads), _heads(value, attn.heads)
-    )
-    return out.transpose(1, 2).reshape(bf, n, -1)
+
+    def __call__(
+        self,
+        attn: Attention,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        frame_context: FrameContext | None = None,
+    ) -> torch.Tensor:
+        """Args: hidden_states (B*F, n, C) normalised, frames of a clip adjacent.
+
+        Returns:
+            (B*F, n, C) after `to_out`.
+        """
+        if frame_context is None:
+            raise ValueError(f"{type(self).__name__} needs frame_context (frames per clip)")
+        if encoder_hidden_states is not None or attention_mask is not None:
+            raise ValueError(f"{type(self).__name__} is a self-attention without a mask")
+        out = self._key_frame_attention(attn, hidden_states, frame_context.num_frames)
+        out = self._after_key_frames(out, attn.heads, frame_context)
+        return attn.to_out[1](attn.to_out[0](out))
+
+    @staticmethod
+    def _key_frame_attention(attn: Attention, x: torch.Tensor, num_frames: int) -> torch.Tensor:
+        """(B*F, n, C) -> (B*F, n, heads*d): head outputs merged, before `to_out`."""
+        bf, n, _ = x.shape
+        b = bf // num_frames
+        query = attn.to_q(x)
+        key = attn.to_k(x).view(b, num_frames, n, -1)
+        value = attn.to_v(x).view(b, num_frames, n, -1)
+        first = torch.zeros(num_frames, dtype=torch.long, device=x.device)
+        prev = (torch.arange(num_frames, device=x.device) - 1).clamp(min=0)
+        key = torch.cat([key[:, first], key[:, prev]], dim=2).reshape(bf, 2 * n, -1)
+        value = torch.cat([value[:, first], value[:, prev]], dim=2).reshape(bf, 2 * n, -1)
+        out = F.scaled_dot_product_attention(
+            _heads(query, attn.heads), _heads(key, attn.heads), _heads(value, attn.heads)
+        )
+        return out.transpose(1, 2).reshape(bf, n, -1)
+
+    def _after_key_frames(
+        self, features: torch.Tensor, heads: int, ctx: FrameContext
+    ) -> torch.Tensor:
+        """(B*F, n, C) before `to_out`: key-frame attention alone passes it through."""
+        return features
 
 
-def motion_field_attention(features: torch.Tensor, heads: int, ctx: FrameContext) -> torch.Tensor:
-    """Motion Field Attention: each token attends over itself and its trajectory's tokens.
+class MotionFieldAttnProcessor(KeyFrameAttnProcessor):
+    """Key-frame attention, then Motion Field Attention, before `to_out` (the highest-resolution
+    `attn1` layers). Without trajectories in the frame context it is key-frame attention."""
 
-    q = k = v = `features` split into heads, no projections; masked slots get -inf.
+    def _after_key_frames(
+        self, features: torch.Tensor, heads: int, ctx: FrameContext
+    ) -> torch.Tensor:
+        if ctx.traj_index is None:
+            return features
+        return self.attend_along_trajectories(features, heads, ctx)
 
-    Args:
-        features: (B*F, n, C) key-frame attention output (before `to_out`).
-        heads: Number of heads.
-        ctx: Frame context holding `traj_index` / `traj_mask` (B or 1, F*n, S).
+    @staticmethod
+    def attend_along_trajectories(
+        features: torch.Tensor, heads: int, ctx: FrameContext
+    ) -> torch.Tensor:
+        """Motion Field Attention: each token attends over itself and its trajectory's tokens.
 
-    Returns:
-        (B*F, n, C).
-    """
-    bf, n, c = features.shape
-    b = bf // ctx.num_frames
-    tokens = features.reshape(b, ctx.num_frames * n, c)
-    index, mask = ctx.traj_index, ctx.traj_mask
-    if index.shape[0] != b:
-        index, mask = index.expand(b, -1, -1), mask.expand(b, -1, -1)
-    big_n, slots = index.shape[1], index.shape[2]
-    gathered = torch.gather(
-        tokens, 1, index.reshape(b, big_n * slots, 1).expand(-1, -1, c)
-    )  # (B, N*S, C)
-    d = c // heads
-    query = tokens.reshape(b * big_n, heads, 1, d)
-    kv = gathered.reshape(b * big_n, slots, heads, d).transpose(1, 2)
-    out = F.scaled_dot_product_attention(
-        query, kv, kv, attn_mask=mask.reshape(b * big_n, 1, 1, slots)
-    )
-    return out.reshape(bf, n, c)
+        q = k = v = `features` split into heads, no projections; masked slots get -inf.
+
+        Args:
+            features: (B*F, n, C) key-frame attention output (before `to_out`).
+            heads: Number of heads.
+            ctx: Frame context holding `traj_index` / `traj_mask` (B or 1, F*n, S).
+
+        Returns:
+            (B*F, n, C).
+        """
+        bf, n, c = features.shape
+        b = bf // ctx.num_frames
+        tokens = features.reshape(b, ctx.num_frames * n, c)
+        index, mask = ctx.traj_index, ctx.traj_mask
+        if index.shape[0] != b:
+            index, mask = index.expand(b, -1, -1), mask.expand(b, -1, -1)
+        big_n, slots = index.shape[1], index.shape[2]
+        gathered = torch.gather(
+            tokens, 1, index.reshape(b, big_n * slots, 1).expand(-1, -1, c)
+        )  # (B, N*S, C)
+        d = c // heads
+        query = tokens.reshape(b * big_n, heads, 1, d)
+        kv = gathered.reshape(b * big_n, slots, heads, d).transpose(1, 2)
+        out = F.scaled_dot_product_attention(
+            query, kv, kv, attn_mask=mask.reshape(b * big_n, 1, 1, slots)
+        )
+        return out.reshape(bf, n, c)
 
 
 class SequenceTransformerBlock(nn.Module):
@@ -179,8 +225,9 @@ class SequenceTransformerBlock(nn.Module):
         cross_attention_dim: Text and prior token width.
         image_prior: Build the parallel image-prior cross-attention.
         sequence: Build the temporal attention (output projection zero-initialised).
-        sam: Use key-frame attention instead of per-frame self-attention.
-        mfa: Run Motion Field Attention after key-frame attention (when trajectories are given).
+        sam: `attn1` runs `KeyFrameAttnProcessor` instead of per-frame self-attention.
+        mfa: `attn1` runs `MotionFieldAttnProcessor` (key-frame attention, then MFA when
+            trajectories are given).
     """
 
     def __init__(
@@ -195,9 +242,9 @@ class SequenceTransformerBlock(nn.Module):
     ):
         super().__init__()
         head_dim = dim // heads
-        self.sam, self.mfa = sam, mfa
         self.norm1 = nn.LayerNorm(dim)
-        self.attn1 = Attention(dim, heads=heads, dim_head=head_dim, bias=False)
+        spatial = MotionFieldAttnProcessor() if mfa else KeyFrameAttnProcessor() if sam else None
+        self.attn1 = Attention(dim, heads=heads, dim_head=head_dim, bias=False, processor=spatial)
         self.norm2 = nn.LayerNorm(dim)
         self.attn2 = Attention(
             dim, cross_attention_dim=cross_attention_dim, heads=heads, dim_head=head_dim
@@ -220,12 +267,10 @@ class SequenceTransformerBlock(nn.Module):
             self.norm_temp = self.attn_temp = None
 
     def _spatial_attention(self, x: torch.Tensor, ctx: FrameContext) -> torch.Tensor:
-        if not self.sam:
-            return self.attn1(x)
-        out = key_frame_attention(self.attn1, x, ctx.num_frames)
-        if self.mfa and ctx.traj_index is not None:
-            out = motion_field_attention(out, self.attn1.heads, ctx)
-        return self.attn1.to_out[1](self.attn1.to_out[0](out))
+        # Only the sequence processors take the frame context (diffusers warns on extra kwargs).
+        if isinstance(self.attn1.processor, KeyFrameAttnProcessor):
+            return self.attn1(x, frame_context=ctx)
+        return self.attn1(x)
 
     def forward(
         self,

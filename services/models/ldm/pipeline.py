@@ -170,7 +170,7 @@ class SequenceSampler:
     ):
         self.device = torch.device(device) if device is not None else unet.device
         self.dtype = dtype or unet.dtype
-        self.unet = unet.to(self.device, self.dtype).eval()
+        self.unet = unet.place(self.device, self.dtype).eval()
         self.empty_text = (
             None
             if empty_text_embedding is None
@@ -225,7 +225,7 @@ class SequenceSampler:
                 )
             motion = torch.cat(rows)
         traj = mask = None
-        if cfg.mfa_enabled:
+        if self.unet.mfa_enabled:
             traj, mask = self._trajectories(request, f, h, w)
 
         scheduler = make_scheduler(request.solver)
@@ -251,7 +251,7 @@ class SequenceSampler:
         cfg = self.unet.config
         size = request.latent_size
         if request.motion_field is not None and self.unet.motion_encoder is not None:
-            ds = cfg.latent_downsample
+            ds = self.unet.latent_downsample
             from_field = tuple(int(s) // ds for s in request.motion_field.shape[-2:])
             if size is not None and tuple(size) != from_field:
                 raise ValueError(f"latent_size {size} does not match the motion field")

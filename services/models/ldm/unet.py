@@ -6,19 +6,35 @@ the highest resolution) in place of self-attention and a zero-initialised tempor
 after the feed-forward; and, at the input, the motion-field encoder fused with `conv_in` by
 `insert_unit`. The same class with `sequence=False` is the 2D image model of the pretraining
 stage; `SequenceUNet.from_2d` inflates it.
+
+It is a diffusers `ModelMixin` + `ConfigMixin`: the `__init__` arguments are its one config,
+and `save_pretrained` / `from_pretrained` use the VAE's layout (`config.json` +
+`diffusion_pytorch_model.safetensors`).
 """
 
 from __future__ import annotations
 
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
 import torch
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.attention import AttentionMixin
 from diffusers.models.embeddings import TimestepEmbedding, Timesteps
+from diffusers.models.modeling_utils import ModelMixin
+from diffusers.utils import SAFETENSORS_WEIGHTS_NAME
 from torch import nn
 
 from ..weights import CheckpointError
 from .attention import FrameContext, prepare_trajectories
 from .blocks import DownBlock, MidBlock, UpBlock
-from .config import LDMConfig
 from .embeddings import ImagePriorProjector, MotionFieldEncoder
+from .presets import preset_config
+
+# The weights file `save_pretrained` writes next to `config.json` (the VAE's name too).
+WEIGHTS_NAME = SAFETENSORS_WEIGHTS_NAME
 
 # Modules that exist only in the sequence model (freshly initialised by `from_2d`).
 SEQUENCE_ONLY_MODULES = ("attn_temp.", "norm_temp.", "motion_encoder.", "insert_unit.")
@@ -34,17 +50,89 @@ FINETUNE_MODULES = (
 )
 
 
-class SequenceUNet(nn.Module):
+class SequenceUNet(ModelMixin, AttentionMixin, ConfigMixin):
     """Class-, text-, image-prior- and motion-conditioned UNet over latent clips.
 
+    The defaults are the paper's SD-1.4-scale model; `SequenceUNet.from_preset("small", ...)`
+    builds the CPU-sized one.
+
     Args:
-        config: The hyperparameters (`LDMConfig.preset("sd14" | "small", ...)`).
+        in_channels: Latent channels in (4: the grayscale SD-style VAE; 8: the small VAE).
+        out_channels: Channels predicted (epsilon), normally `in_channels`.
+        sample_size: Nominal latent side (32 for 256 px frames with a x8 VAE). Informative only:
+            any latent size divisible by `2 ** (len(block_out_channels) - 1)` works.
+        block_out_channels: Channels per resolution level (SD-1.4: 320/640/1280/1280).
+        attention_levels: Per level, whether its down/up blocks have transformer blocks (SD-1.4:
+            the three highest resolutions; the mid block always has one).
+        layers_per_block: ResNet (+ transformer) layers per down block; up blocks get one more.
+        num_attention_heads: Heads of every attention layer (SD-1.4: 8; its config calls this
+            `attention_head_dim`). Head size is `channels // num_attention_heads`.
+        cross_attention_dim: Width of the text and image-prior tokens (SD-1.4: 768, CLIP L/14).
+        text_embed_dim: Width of the text encoder output when it differs from
+            `cross_attention_dim` (e.g. 384 for all-MiniLM-L6-v2): a linear `encoder_hid_proj`
+            maps it. None: the text embedding already has `cross_attention_dim` channels.
+        num_classes: Number of class labels (class embedding added to the time embedding);
+            None for a model without class conditioning.
+        norm_num_groups: GroupNorm groups in ResNets and transformers.
+        norm_eps: GroupNorm epsilon of the ResNets and the output norm.
+        image_prior_channels: Channels of the MedSAM image prior (256); None: no prior branch.
+        image_prior_size: Side of the prior map (64); used to build an all-zero prior when a
+            forward gets none (the "dropped" condition of training).
+        image_prior_pool: Average-pooling factor applied to the (BatchNorm-ed) prior before the
+            stride-2 conv: tokens = (64 / pool / 2) ** 2 for a 64x64 prior (1: 1024 tokens, as
+            the official model; 4: 64 tokens, for the CPU model).
+        sequence: True for the sequence model (temporal attention, SAM, motion input); False
+            for the 2D image model, which treats frames independently.
+        use_sam: Sequential Augmentation Module in place of spatial self-attention (key-frame
+            attention, plus Motion Field Attention where `use_mfa`). Ignored when not `sequence`.
+        use_mfa: Motion Field Attention in the highest-resolution blocks (needs trajectories at
+            forward time; without them those blocks run key-frame attention only).
+        use_motion: Motion-field encoder concatenated with the `conv_in` output and fused by
+            `insert_unit`. Ignored when not `sequence`.
+        motion_embed_channels: Channels of the ControlNet-style motion embedder; it has
+            `len - 1` stride-2 steps, so `2 ** (len - 1)` must equal the VAE downsampling factor
+            (official: 16/32/96/256, x8).
+        motion_channels: Channels of the motion field (2: x and y displacement).
+
+    Raises:
+        ValueError: Inconsistent hyperparameters.
     """
 
-    def __init__(self, config: LDMConfig):
+    @register_to_config
+    def __init__(
+        self,
+        in_channels: int = 4,
+        out_channels: int = 4,
+        sample_size: int = 32,
+        block_out_channels: Sequence[int] = (320, 640, 1280, 1280),
+        attention_levels: Sequence[bool] = (True, True, True, False),
+        layers_per_block: int = 2,
+        num_attention_heads: int = 8,
+        cross_attention_dim: int = 768,
+        text_embed_dim: int | None = None,
+        num_classes: int | None = None,
+        norm_num_groups: int = 32,
+        norm_eps: float = 1e-5,
+        image_prior_channels: int | None = 256,
+        image_prior_size: int = 64,
+        image_prior_pool: int = 1,
+        sequence: bool = True,
+        use_sam: bool = True,
+        use_mfa: bool = True,
+        use_motion: bool = True,
+        motion_embed_channels: Sequence[int] = (16, 32, 96, 256),
+        motion_channels: int = 2,
+    ):
         super().__init__()
-        self.config = config
-        c = config
+        _validate(
+            block_out_channels,
+            attention_levels,
+            norm_num_groups,
+            num_attention_heads,
+            image_prior_pool,
+            motion_embed_channels,
+        )
+        c = self.config
         ch0 = c.block_out_channels[0]
         temb = ch0 * 4
         n_levels = len(c.block_out_channels)
@@ -63,7 +151,7 @@ class SequenceUNet(nn.Module):
             if c.image_prior_channels
             else None
         )
-        if c.motion_enabled:
+        if self.motion_enabled:
             self.motion_encoder = MotionFieldEncoder(
                 ch0, c.motion_channels, c.motion_embed_channels
             )
@@ -78,8 +166,8 @@ class SequenceUNet(nn.Module):
                 cross_attention_dim=c.cross_attention_dim,
                 image_prior=self.prior_projector is not None,
                 sequence=c.sequence,
-                sam=c.sam_enabled,
-                mfa=c.mfa_enabled and level == 0,
+                sam=self.sam_enabled,
+                mfa=self.mfa_enabled and level == 0,
             )
 
         common = dict(temb_channels=temb, groups=c.norm_num_groups, eps=c.norm_eps)
@@ -122,14 +210,40 @@ class SequenceUNet(nn.Module):
     # ----------------------------------------------------------------- properties / helpers
     @property
     def device(self) -> torch.device:
+        # One parameter, not ModelMixin's walk over every module: forward reads it per call.
         return self.conv_in.weight.device
 
     @property
     def dtype(self) -> torch.dtype:
         return self.conv_in.weight.dtype
 
-    def num_parameters(self, trainable_only: bool = False) -> int:
-        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
+    @property
+    def sam_enabled(self) -> bool:
+        return bool(self.config.sequence and self.config.use_sam)
+
+    @property
+    def mfa_enabled(self) -> bool:
+        return self.sam_enabled and bool(self.config.use_mfa)
+
+    @property
+    def motion_enabled(self) -> bool:
+        return bool(self.config.sequence and self.config.use_motion)
+
+    @property
+    def latent_downsample(self) -> int:
+        """Pixel-to-latent factor the motion embedder assumes (the VAE's, e.g. 8)."""
+        return 2 ** (len(self.config.motion_embed_channels) - 1)
+
+    def place(self, device: torch.device | str, dtype: torch.dtype) -> SequenceUNet:
+        """`to(device)`, then a cast only when `dtype` differs: diffusers' `to()` warns about
+        fp32 modules on every dtype argument, needed or not (this model has none)."""
+        model = self.to(device)
+        return model if model.dtype == dtype else model.to(dtype=dtype)
+
+    def config_dict(self) -> dict[str, Any]:
+        """The `__init__` arguments as `config.json` stores them (lists, no diffusers `_` keys):
+        equal for a model and its reloaded copy."""
+        return {k: json.loads(json.dumps(v)) for k, v in self.config.items() if k[0] != "_"}
 
     def encode_image_prior(self, image_prior: torch.Tensor | None, batch: int) -> torch.Tensor:
         """Prior tokens (B, T, cross_attention_dim); None gives the tokens of an all-zero prior
@@ -151,7 +265,7 @@ class SequenceUNet(nn.Module):
         if self.motion_encoder is None:
             raise ValueError("this model has no motion input (sequence=False or use_motion=False)")
         h, w = latent_hw
-        ds = self.config.latent_downsample
+        ds = self.latent_downsample
         if motion_field is None:
             motion_field = torch.zeros(
                 batch,
@@ -230,7 +344,7 @@ class SequenceUNet(nn.Module):
             prior = prior_tokens.to(dtype)
 
         ctx = FrameContext(num_frames=f)
-        if self.config.mfa_enabled and trajectories is not None:
+        if self.mfa_enabled and trajectories is not None:
             ctx.traj_index, ctx.traj_mask = prepare_trajectories(
                 trajectories.to(sample.device),
                 None if trajectory_mask is None else trajectory_mask.to(sample.device),
@@ -261,6 +375,49 @@ class SequenceUNet(nn.Module):
 
     # ------------------------------------------------------------------------ construction
     @classmethod
+    def from_preset(cls, name: str, **overrides: Any) -> SequenceUNet:
+        """A freshly initialised model of preset `name` (`"sd14"`, `"small"`; see
+        `presets.py`) with `overrides` (e.g. `num_classes=3`, `sequence=False`)."""
+        return cls(**preset_config(name, **overrides))
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | Path, **kwargs) -> SequenceUNet:
+        """`ModelMixin.from_pretrained` from a local folder written by `save_pretrained`:
+        safetensors only, offline, and strict (a missing, extra or mis-shaped tensor raises).
+
+        Args:
+            pretrained_model_name_or_path: The folder (`config.json`,
+                `diffusion_pytorch_model.safetensors`).
+            **kwargs: Passed on, e.g. `torch_dtype=torch.bfloat16`.
+
+        Raises:
+            FileNotFoundError: No weights in the folder (for a pre-diffusers checkpoint, the
+                message names the converter, `python -m services.models.ldm.legacy`).
+            services.models.weights.CheckpointError: Weights do not match the config.
+        """
+        directory = Path(pretrained_model_name_or_path)
+        weights = directory / WEIGHTS_NAME
+        if not weights.is_file():
+            hint = ""
+            if (directory / "model.safetensors").is_file():
+                hint = (
+                    "; if its model.safetensors is a pre-diffusers LDM checkpoint, convert it "
+                    f"once: python -m services.models.ldm.legacy {directory} NEW_DIR"
+                )
+            raise FileNotFoundError(f"weights not found: {weights}{hint}")
+        want_info = kwargs.pop("output_loading_info", False)
+        kwargs = dict(use_safetensors=True, local_files_only=True, low_cpu_mem_usage=False) | kwargs
+        model, info = super().from_pretrained(directory, output_loading_info=True, **kwargs)
+        problems = [
+            f"{kind.replace('_', ' ')}: {', '.join(map(str, info[kind][:10]))}"
+            for kind in ("missing_keys", "unexpected_keys", "mismatched_keys")
+            if info[kind]
+        ]
+        if problems:
+            raise CheckpointError(f"{weights} does not match its config: " + "; ".join(problems))
+        return (model, info) if want_info else model
+
+    @classmethod
     def from_2d(cls, model_2d: SequenceUNet, **overrides) -> SequenceUNet:
         """Inflates a 2D model into the sequence model, copying every shared weight.
 
@@ -273,15 +430,14 @@ class SequenceUNet(nn.Module):
             model_2d: A `SequenceUNet` (normally `sequence=False`).
             **overrides: Config fields to change (e.g. `use_mfa=False`).
         """
-        config = model_2d.config.replace(sequence=True, **overrides)
-        model = cls(config)
+        model = cls(**{**model_2d.config_dict(), "sequence": True, **overrides})
         missing, unexpected = model.load_state_dict(model_2d.state_dict(), strict=False)
         bad = [k for k in missing if not any(m in k for m in SEQUENCE_ONLY_MODULES)]
         if bad or unexpected:
             raise CheckpointError(
                 f"cannot inflate: missing {bad[:10]}, unexpected {list(unexpected)[:10]}"
             )
-        return model.to(model_2d.device, model_2d.dtype)
+        return model.place(model_2d.device, model_2d.dtype)
 
     @classmethod
     def from_diffusers_unet(cls, unet: nn.Module, **overrides) -> SequenceUNet:
@@ -316,7 +472,7 @@ class SequenceUNet(nn.Module):
             sequence=False,
         )
         fields.update(overrides)
-        model = cls(LDMConfig(**fields))
+        model = cls(**fields)
         state = unet.state_dict()
         missing, unexpected = model.load_state_dict(state, strict=False)
         new = ("prior_projector.", "attn_prior.", "norm_prior.", "encoder_hid_proj.")
@@ -327,7 +483,7 @@ class SequenceUNet(nn.Module):
             raise CheckpointError(
                 f"SD UNet does not map: missing {bad[:10]}, unexpected {list(unexpected)[:10]}"
             )
-        return model.to(unet.device, unet.dtype)
+        return model.place(unet.device, unet.dtype)
 
 
 def finetune_parameters(model: SequenceUNet) -> list[tuple[str, nn.Parameter]]:
@@ -335,6 +491,28 @@ def finetune_parameters(model: SequenceUNet) -> list[tuple[str, nn.Parameter]]:
     encoder and `insert_unit`, the query projections of both cross-attentions and the temporal
     attention. Everything else (ResNets, FF, key/value projections) stays frozen."""
     return [(n, p) for n, p in model.named_parameters() if any(m in n for m in FINETUNE_MODULES)]
+
+
+def _validate(
+    block_out_channels: Sequence[int],
+    attention_levels: Sequence[bool],
+    norm_num_groups: int,
+    num_attention_heads: int,
+    image_prior_pool: int,
+    motion_embed_channels: Sequence[int],
+) -> None:
+    if len(attention_levels) != len(block_out_channels):
+        raise ValueError("attention_levels needs one entry per block_out_channels level")
+    for ch in block_out_channels:
+        if ch % norm_num_groups or ch % num_attention_heads:
+            raise ValueError(
+                f"block channels {ch} must be divisible by norm_num_groups "
+                f"({norm_num_groups}) and num_attention_heads ({num_attention_heads})"
+            )
+    if image_prior_pool < 1:
+        raise ValueError("image_prior_pool must be >= 1")
+    if len(motion_embed_channels) < 1:
+        raise ValueError("motion_embed_channels needs at least one entry")
 
 
 def _init_identity_fuse(conv: nn.Conv2d, channels: int) -> None:

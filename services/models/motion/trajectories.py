@@ -21,16 +21,14 @@ Coordinates are `(t, row, col)` triples: row is the height index, col the width 
 reference calls them `(t, x, y)` with x = row; MFA gathers `key[b, t, x, y]` on a
 `(b, f, h, w)` tensor, so these triples feed it unchanged.
 
-All outputs are plain numpy arrays; `save_npy_atomic` / `save_npz_atomic` write them without
-pickling (the reference pickled a dict of torch tensors).
+All outputs are plain numpy arrays; `services.data.conditions` stores them (one `.npz` schema)
+without pickling (the reference pickled a dict of torch tensors).
 """
 
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
@@ -299,18 +297,3 @@ def compute_trajectories(
 # Kept under these names for callers of this module; the one implementation is in the layout.
 save_npy_atomic = layout.save_npy
 save_npz_atomic = layout.save_npz
-
-
-def save_trajectories(path: str | os.PathLike, result: TrajectoryResult) -> Path:
-    """Saves a `TrajectoryResult` as `.npz`, one key per field (0-d arrays for the ints).
-
-    Read it back with `np.load(path, allow_pickle=False)`.
-    """
-    return save_npz_atomic(
-        path,
-        trajectories=result.trajectories,
-        trajectory_mask=result.trajectory_mask,
-        resolution=np.int64(result.resolution),
-        max_length=np.int64(result.max_length),
-        num_trajectories=np.int64(result.num_trajectories),
-    )

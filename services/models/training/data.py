@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from services.data import layout
+from services.data.conditions import condition_paths, load_motion, load_prior
 
 logger = logging.getLogger(__name__)
 
@@ -105,17 +106,15 @@ def load_conditions(root: Path, name: str, clips: ClipSet) -> ConditionSet:
     Raises:
         FileNotFoundError: A clip has no precomputed conditions (run `genaug conditions`).
     """
-    from clients.conditions import condition_paths, load_motion
-
     priors, motion, traj, mask = [], [], [], []
     for file_name in clips.file_names:
         paths = condition_paths(Path(root), name, file_name)
-        if not (paths.prior.exists() and paths.motion_field.exists()):
+        if not (paths.has("prior") and paths.has("motion")):
             raise FileNotFoundError(
                 f"conditions of {file_name} missing under {root}: run `genaug conditions`"
             )
         field, t, m = load_motion(paths)
-        priors.append(np.load(paths.prior, allow_pickle=False).astype(np.float32))
+        priors.append(load_prior(paths).astype(np.float32))
         motion.append(np.ascontiguousarray(field.transpose(1, 0, 2, 3)))
         traj.append(t.astype(np.int64))
         mask.append(m.astype(bool))

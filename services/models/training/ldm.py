@@ -26,14 +26,8 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from services.models.classifier import VideoClassifier
-from services.models.ldm import (
-    LDMConfig,
-    SequenceUNet,
-    finetune_parameters,
-    load_unet,
-    make_scheduler,
-    save_unet,
-)
+from services.models.ldm import WEIGHTS_NAME, SequenceUNet, finetune_parameters, make_scheduler
+from services.models.ldm.legacy import is_legacy_checkpoint, load_legacy_unet
 from services.models.vae import load_vae
 
 from . import evaluation
@@ -125,30 +119,45 @@ def _noise(scheduler, x0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tor
 
 def _build_model(args, classes: list[str], stage: str, latent_channels: int) -> SequenceUNet:
     def fresh(sequence: bool) -> SequenceUNet:
-        return SequenceUNet(
-            LDMConfig.preset(
-                args.preset,
-                num_classes=len(classes),
-                sequence=sequence,
-                in_channels=latent_channels,
-                out_channels=latent_channels,
-            )
+        return SequenceUNet.from_preset(
+            args.preset,
+            num_classes=len(classes),
+            sequence=sequence,
+            in_channels=latent_channels,
+            out_channels=latent_channels,
         )
 
     if stage == "ldm":
         return fresh(sequence=False)
-    init = args.init_dir
-    if init is not None and (Path(init) / "model.safetensors").is_file():
-        logger.info("seq: inflating the 2D model from %s", init)
-        model = SequenceUNet.from_2d(load_unet(init))
+    model_2d = _load_init(args.init_dir)
+    if model_2d is not None:
+        logger.info("seq: inflating the 2D model from %s", args.init_dir)
+        model = SequenceUNet.from_2d(model_2d)
         if model.config.in_channels != latent_channels:
             raise ValueError(
-                f"--init-dir {init} has {model.config.in_channels} latent channels, "
+                f"--init-dir {args.init_dir} has {model.config.in_channels} latent channels, "
                 f"the VAE in --vae-dir has {latent_channels}"
             )
         return model
-    logger.warning("seq: no 2D model at %s, starting from a fresh initialisation", init)
+    logger.warning("seq: no 2D model at %s, starting from a fresh initialisation", args.init_dir)
     return fresh(sequence=True)
+
+
+def _load_init(init_dir: Path | None) -> SequenceUNet | None:
+    """The 2D model of `--init-dir` (a pre-diffusers checkpoint is converted in memory), or None
+    when the folder holds none."""
+    if init_dir is None:
+        return None
+    if is_legacy_checkpoint(init_dir):
+        logger.warning(
+            "--init-dir %s is in the pre-diffusers format: converted in memory (convert it once "
+            "with `python -m services.models.ldm.legacy`)",
+            init_dir,
+        )
+        return load_legacy_unet(init_dir)
+    if (Path(init_dir) / WEIGHTS_NAME).is_file():
+        return SequenceUNet.from_pretrained(init_dir)
+    return None
 
 
 def train(settings: LdmSettings | SeqSettings) -> dict:
@@ -228,7 +237,7 @@ def train(settings: LdmSettings | SeqSettings) -> dict:
     export = model.cpu().eval()
     if settings.save_dtype == "float16":
         export = export.half()
-    save_unet(export, final)
+    export.save_pretrained(final)
     model.float()
     write_classes(final, data.classes)
     (final / "training.json").write_text(json.dumps(summary, indent=2) + "\n")

@@ -76,15 +76,15 @@ def _training(train: Callable[[Any], dict]) -> Callable[[StageSettings], dict]:
 def precompute_conditions(settings: ConditionsSettings) -> dict:
     """The condition files `genaug conditions` writes, computed in this process (clips already
     done are skipped); returns the counts of computed and skipped clips."""
-    from clients import conditions
+    from services.data import conditions
+    from services.models.conditions import InProcessConditions
 
-    backend = conditions.InProcessBackend("codec")
     return conditions.precompute(
         Path(settings.dataset_root),
         settings.name,
         ["train", "test"],
         list(conditions.KINDS),
-        backend,
+        InProcessConditions(),
         progress=settings.progress,
     )
 
