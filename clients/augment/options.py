@@ -1,178 +1,129 @@
 """Options of `genaug augment`: flags, a YAML file with the same keys, and defaults.
 
-Precedence: command-line flags, then `--config FILE.yaml` (keys are the flag names with `_` or
-`-`, e.g. `per_class: 4`, `sampler: [a:50053, b:50053]`), then the defaults below. The shard
-index defaults to `$JOB_COMPLETION_INDEX` (a Kubernetes Indexed Job) and the shard count to
-`$GENAUG_SHARD_COUNT`. Every service connection uses the same TLS and bearer-token settings
-(`--tls-ca`, `--tls-cert`/`--tls-key` for mutual TLS, `--auth-token-file`, else
-`$GENAUG_AUTH_TOKEN`); the token is never written to the job state or the report.
+Precedence (`genaug.config`): command-line flags, then the environment (only the shard: the
+index from `$JOB_COMPLETION_INDEX` of a Kubernetes Indexed Job, the count from
+`$GENAUG_SHARD_COUNT`), then `--config FILE.yaml` (keys are the flag names with `_` or `-`,
+e.g. `per_class: 4`, `sampler: [a:50053, b:50053]`), then the defaults below. Every service
+connection uses the same TLS and bearer-token settings (`--tls-ca`, `--tls-cert`/`--tls-key`
+for mutual TLS, `--auth-token-file`, else `$GENAUG_AUTH_TOKEN`); the token is never written to
+the job state or the report.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
 from pathlib import Path
-
-import yaml
 
 from clients.augment.references import CONDITION_KINDS
 from clients.augment.sampling_defaults import fill_sampling_defaults
 from clients.rpc.channel import ChannelSettings
+from genaug import config
+from genaug.config import add_flags, setting
 from genaug.ports import default_target
 
 FILTER_LEVELS = ("semantic", "sequential", "duplicates")
 FILTER_SCOPES = ("job", "shard")
 SEQUENTIAL_BANDS = ("pool", "class")
-TARGET_KEYS = ("per_class", "multiplier", "balance")
+TARGET = "target"  # --per-class, --multiplier and --balance: one choice, flags or YAML
+CONNECTIONS = "connections (every service)"
 
 
 @dataclass
 class AugmentOptions:
-    dataset_root: Path | None = None
-    name: str | None = None
-    out: Path | None = None
-    per_class: int | None = None
-    multiplier: float | None = None
-    balance: bool = False
-    conditions: list[str] = field(default_factory=lambda: list(CONDITION_KINDS))
-    steps: int | None = None  # None: the generator's sampling.json (sampling_defaults)
-    guidance: float | None = None
-    solver: str | None = None
-    base_seed: int = 66
-    classes_file: Path | None = None
-    filter_alpha: float = 1.0
-    duplicate_threshold: float = 0.98
-    filter_skip: list[str] = field(default_factory=list)
-    no_filter: bool = False
-    filter_scope: str = "job"
-    sequential_band: str = "class"
-    sampler: list[str] = field(default_factory=lambda: [default_target("sampler")])
-    encoder: str | None = None
-    motion: str | None = None
-    filter: str | None = default_target("filter")
-    concurrency: int = 4
-    deadline: float = 600.0
-    max_attempts: int = 8
-    shard_index: int | None = None
-    shard_count: int | None = None
-    save_npy: bool = False
-    progress: bool = True
-    report: bool = True
-    tls_ca: Path | None = None
-    tls_cert: Path | None = None
-    tls_key: Path | None = None
-    tls_server_name: str | None = None
-    auth_token_file: Path | None = None
+    dataset_root: Path | None = setting(None, help="prepared dataset root (seed layout)")
+    name: str | None = setting(
+        None, help="dataset name <DS> (default: the only one under the root)"
+    )
+    out: Path | None = setting(None, help="output dataset root (+ .augment/ state, report/)")
+    per_class: int | None = setting(None, help="N synthetic clips per class", exclusive=TARGET)
+    multiplier: float | None = setting(
+        None, help="X times each class's clip count", exclusive=TARGET
+    )
+    balance: bool = setting(False, help="up to the largest class", exclusive=TARGET)
+    conditions: list[str] = setting(
+        list(CONDITION_KINDS),
+        choices=CONDITION_KINDS,
+        help="conditions to use (default: prior motion text)",
+    )
+    # None: the generator's sampling.json (sampling_defaults)
+    steps: int | None = setting(None, help="denoising steps (default: sampling.json, else 25)")
+    guidance: float | None = setting(None, help="CFG scale (default: sampling.json, else 3)")
+    solver: str | None = setting(
+        None, choices=("ddim", "dpmsolver++"), help="(default: sampling.json)"
+    )
+    base_seed: int = setting(66, help="first seed of every reference clip (default 66)")
+    classes_file: Path | None = setting(None, help="JSON class names in sampler id order")
+    filter_alpha: float = setting(1.0, help="semantic level alpha (default 1.0)")
+    duplicate_threshold: float = setting(0.98, help="near-duplicate cosine (0.98)")
+    filter_skip: list[str] = setting([], choices=FILTER_LEVELS, help="levels that keep all")
+    no_filter: bool = setting(False, help="keep every generated clip")
+    filter_scope: str = setting(
+        "job",
+        choices=FILTER_SCOPES,
+        help="job (default): shards sharing --out filter the whole job's pool once, exactly as "
+        "one run would; shard: each shard filters its own pool",
+    )
+    sequential_band: str = setting(
+        "class",
+        choices=SEQUENTIAL_BANDS,
+        help="class (default): fit the sequential VAE-Seq K-means band per class, on that "
+        "class's clips; the pool-wide band of the reference can reject a whole class whose "
+        "motion differs; pool: one band over the whole pool (reproduces the reference exactly)",
+    )
+    sampler: list[str] = setting(
+        [default_target("sampler")], help="host:port ... or one dns:///name:port"
+    )
+    encoder: str | None = setting(None, help="condition encoder address (else the sampler fetches)")
+    motion: str | None = setting(None, help="motion extractor address (else the sampler fetches)")
+    filter: str | None = setting(
+        default_target("filter"), help="filter address (default {default})"
+    )
+    concurrency: int = setting(4, help="generations in flight (default 4)")
+    deadline: float = setting(600.0, help="seconds per generation request (600)")
+    max_attempts: int = setting(8, help="attempts per generation (default 8)")
+    shard_index: int = setting(
+        0, env="JOB_COMPLETION_INDEX", help="this shard ($JOB_COMPLETION_INDEX, else 0)"
+    )
+    shard_count: int = setting(
+        1, env="GENAUG_SHARD_COUNT", help="shards ($GENAUG_SHARD_COUNT, else 1)"
+    )
+    save_npy: bool = setting(False, help="also write float32 .npy clips")
+    progress: bool = setting(True, help="no progress bar")
+    report: bool = setting(True, help="no HTML report")
+    tls_ca: Path | None = setting(None, group=CONNECTIONS, help="PEM CA bundle: connect with TLS")
+    tls_cert: Path | None = setting(None, group=CONNECTIONS, help="PEM client certificate (mTLS)")
+    tls_key: Path | None = setting(None, group=CONNECTIONS, help="PEM client key (mTLS)")
+    tls_server_name: str | None = setting(
+        None, group=CONNECTIONS, help="expected server name, if not the host"
+    )
+    auth_token_file: Path | None = setting(
+        None,
+        group=CONNECTIONS,
+        help="file holding the bearer token (else $GENAUG_AUTH_TOKEN; never a flag value, "
+        "which other users could read in the process list)",
+    )
 
     def __post_init__(self) -> None:
         fill_sampling_defaults(self)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Flags default to "not given" so that a YAML value is only overridden by a real flag."""
-    s = argparse.SUPPRESS
-    a = parser.add_argument
-    a("--config", type=Path, help="YAML file with any of these options (flags win)")
-    a("--dataset-root", type=Path, default=s, help="prepared dataset root (seed layout)")
-    a("--name", default=s, help="dataset name <DS> (default: the only one under the root)")
-    a("--out", type=Path, default=s, help="output dataset root (+ .augment/ state, report/)")
-    g = parser.add_mutually_exclusive_group()
-    g.add_argument("--per-class", type=int, default=s, help="N synthetic clips per class")
-    g.add_argument("--multiplier", type=float, default=s, help="X times each class's clip count")
-    g.add_argument("--balance", action="store_true", default=s, help="up to the largest class")
-    a(
-        "--conditions",
-        nargs="+",
-        choices=CONDITION_KINDS,
-        default=s,
-        help="conditions to use (default: prior motion text)",
+    parser.add_argument(
+        "--config", type=Path, help="YAML file with any of these options (flags win)"
     )
-    a("--steps", type=int, default=s, help="denoising steps (default: sampling.json, else 25)")
-    a("--guidance", type=float, default=s, help="CFG scale (default: sampling.json, else 3)")
-    a("--solver", default=s, choices=["ddim", "dpmsolver++"], help="(default: sampling.json)")
-    a("--base-seed", type=int, default=s, help="first seed of every reference clip (default 66)")
-    a("--classes-file", type=Path, default=s, help="JSON class names in sampler id order")
-    a("--filter-alpha", type=float, default=s, help="semantic level alpha (default 1.0)")
-    a("--duplicate-threshold", type=float, default=s, help="near-duplicate cosine (0.98)")
-    a("--filter-skip", nargs="+", choices=FILTER_LEVELS, default=s, help="levels that keep all")
-    a("--no-filter", action="store_true", default=s, help="keep every generated clip")
-    a(
-        "--filter-scope",
-        choices=FILTER_SCOPES,
-        default=s,
-        help="job (default): shards sharing --out filter the whole job's pool once, exactly as "
-        "one run would; shard: each shard filters its own pool",
-    )
-    a(
-        "--sequential-band",
-        choices=SEQUENTIAL_BANDS,
-        default=s,
-        help="class (default): fit the sequential VAE-Seq K-means band per class, on that "
-        "class's clips; the pool-wide band of the reference can reject a whole class whose "
-        "motion differs; pool: one band over the whole pool (reproduces the reference exactly)",
-    )
-    a("--sampler", nargs="+", default=s, help="host:port ... or one dns:///name:port")
-    a("--encoder", default=s, help="condition encoder address (else the sampler fetches)")
-    a("--motion", default=s, help="motion extractor address (else the sampler fetches)")
-    a("--filter", default=s, help=f"filter address (default {default_target('filter')})")
-    a("--concurrency", type=int, default=s, help="generations in flight (default 4)")
-    a("--deadline", type=float, default=s, help="seconds per generation request (600)")
-    a("--max-attempts", type=int, default=s, help="attempts per generation (default 8)")
-    a("--shard-index", type=int, default=s, help="this shard ($JOB_COMPLETION_INDEX, else 0)")
-    a("--shard-count", type=int, default=s, help="shards ($GENAUG_SHARD_COUNT, else 1)")
-    a("--save-npy", action="store_true", default=s, help="also write float32 .npy clips")
-    a("--no-progress", dest="progress", action="store_false", default=s, help="no progress bar")
-    a("--no-report", dest="report", action="store_false", default=s, help="no HTML report")
-    t = parser.add_argument_group("connections (every service)")
-    t.add_argument("--tls-ca", type=Path, default=s, help="PEM CA bundle: connect with TLS")
-    t.add_argument("--tls-cert", type=Path, default=s, help="PEM client certificate (mTLS)")
-    t.add_argument("--tls-key", type=Path, default=s, help="PEM client key (mTLS)")
-    t.add_argument("--tls-server-name", default=s, help="expected server name, if not the host")
-    t.add_argument(
-        "--auth-token-file",
-        type=Path,
-        default=s,
-        help="file holding the bearer token (else $GENAUG_AUTH_TOKEN; never a flag value, "
-        "which other users could read in the process list)",
-    )
+    add_flags(parser, AugmentOptions)
 
 
 def resolve(args: argparse.Namespace, env: dict[str, str] | None = None) -> AugmentOptions:
-    """Merge flags over the YAML file over the defaults; fill in the shard from the env."""
-    env = os.environ if env is None else env
-    known = {f.name for f in fields(AugmentOptions)}
-    values: dict = {}
-    config = getattr(args, "config", None)
-    if config is not None:
-        loaded = yaml.safe_load(Path(config).read_text()) or {}
-        if not isinstance(loaded, dict):
-            raise ValueError(f"{config}: expected a mapping of option names to values")
-        for key, value in loaded.items():
-            name = str(key).replace("-", "_")
-            if name not in known:
-                raise ValueError(f"{config}: unknown option {key!r}")
-            values[name] = value
-    given = {k: v for k, v in vars(args).items() if k in known}
-    if given.keys() & set(TARGET_KEYS):  # a target flag replaces a YAML target of any kind
-        for key in TARGET_KEYS:
-            values.pop(key, None)
-    values.update(given)
-    options = AugmentOptions(**values)
-    for name in ("dataset_root", "out", "classes_file", "tls_ca", "tls_cert", "tls_key",
-                 "auth_token_file"):  # fmt: skip
-        value = getattr(options, name)
-        if value is not None:
-            setattr(options, name, Path(value))
-    if isinstance(options.sampler, str):
-        options.sampler = [options.sampler]
-    if isinstance(options.conditions, str):
-        options.conditions = [options.conditions]
-    if options.shard_index is None:
-        options.shard_index = int(env.get("JOB_COMPLETION_INDEX", 0))
-    if options.shard_count is None:
-        options.shard_count = int(env.get("GENAUG_SHARD_COUNT", 1))
+    """Flags over the shard's env vars over the YAML file (`--config`) over the defaults."""
+    options = config.resolve(
+        AugmentOptions,
+        args,
+        yaml_file=getattr(args, "config", None),
+        env=os.environ if env is None else env,
+    )
     validate(options)
     return options
 
@@ -183,14 +134,6 @@ def validate(o: AugmentOptions) -> None:
     targets = [o.per_class is not None, o.multiplier is not None, bool(o.balance)]
     if sum(targets) != 1:
         raise ValueError("give exactly one of --per-class, --multiplier, --balance")
-    if not set(o.conditions) <= set(CONDITION_KINDS):
-        raise ValueError(f"--conditions must be among {CONDITION_KINDS}")
-    if o.filter_scope not in FILTER_SCOPES:
-        raise ValueError(f"--filter-scope must be one of {FILTER_SCOPES}")
-    if o.sequential_band not in SEQUENTIAL_BANDS:
-        raise ValueError(f"--sequential-band must be one of {SEQUENTIAL_BANDS}")
-    if not set(o.filter_skip) <= set(FILTER_LEVELS):
-        raise ValueError(f"--filter-skip must be among {FILTER_LEVELS}")
     if o.concurrency < 1 or o.max_attempts < 1 or o.deadline <= 0:
         raise ValueError("--concurrency and --max-attempts must be >= 1, --deadline > 0")
     if o.shard_count < 1 or not 0 <= o.shard_index < o.shard_count:

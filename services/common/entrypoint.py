@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
-from genaug.ports import DEFAULT_PORTS
 from services.common.config import ServerConfig, base_parser, config_from_args
 from services.common.logs import configure_logging
 from services.common.server import ModelServer
@@ -22,7 +21,7 @@ def service_main(
     parser = argparse.ArgumentParser(
         prog=f"python -m services.{service}",
         description=description,
-        parents=[base_parser(service, *DEFAULT_PORTS[service])],
+        parents=[base_parser(service)],
     )
     add_arguments(parser)
     args = parser.parse_args(argv)

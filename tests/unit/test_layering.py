@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
 from tests.layering import check
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -21,9 +19,6 @@ def _tree(tmp_path: Path, files: dict[str, str]) -> Path:
     return tmp_path
 
 
-# Removed once the last known violations go (training -> clients.conditions, the training
-# cli <-> recipe circle, benchmarks -> tests.support): strict, so it fails as soon as they do.
-@pytest.mark.xfail(strict=True, reason="known violations being removed")
 def test_the_project_follows_its_layering():
     violations, circles = check(ROOT)
     assert [str(v) for v in violations] == []

@@ -19,6 +19,8 @@ from services.data.phantoms import generate_phantom_dataset
 from services.models.classifier import VideoClassifier
 from services.models.ldm import WEIGHTS_NAME, SequenceUNet, identity_trajectories
 from services.models.training import recipe
+from services.models.training.settings import ClassifierSettings
+from services.models.training.stages import run_stage
 from services.models.vae import load_vae
 from tests.unit.test_ldm_model import write_legacy_checkpoint
 
@@ -145,6 +147,19 @@ def test_yaml_settings_are_overridden_by_flags(dataset, tmp_path):
     assert _train("classifier", dataset, out, "--config", str(config), "--lr", "0.02") == 0
     resolved = yaml.safe_load((out / "config.yaml").read_text())
     assert resolved["lr"] == 0.02 and resolved["steps"] == 1 and resolved["batch_size"] == 2
+
+
+def test_a_stage_runs_as_a_function_of_its_settings(dataset, tmp_path):
+    settings = ClassifierSettings(
+        dataset_root=dataset, out=tmp_path / "cls", export=tmp_path / "exported", steps=1,
+        batch_size=2, warmup_steps=1, widths=[8], threads=1, progress=False,
+    )  # fmt: skip
+    summary = run_stage("classifier", settings)
+    assert summary["classes"] == ["DCM", "HCM", "NOR"] and summary["steps"] == 1
+    assert VideoClassifier.from_pretrained(tmp_path / "exported").config.num_classes == 3
+    recorded = yaml.safe_load((tmp_path / "cls/config.yaml").read_text())
+    assert recorded["stage"] == "classifier" and recorded["widths"] == [8]
+    assert recorded["dataset_root"] == str(dataset)
 
 
 def test_decoder_only_vae_keeps_the_encoder_and_scaling(trained, dataset, tmp_path):

@@ -7,7 +7,6 @@ pixels, brightness/contrast jitter and time reversal. Reports test-split accurac
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 from pathlib import Path
@@ -17,14 +16,11 @@ import torch.nn.functional as F
 
 from services.models.classifier import VideoClassifier, VideoClassifierConfig
 
-from .common import Trainer, TrainSettings
+from .common import Trainer
 from .data import load_clips, to_unit, write_classes
+from .settings import ClassifierSettings
 
 logger = logging.getLogger(__name__)
-
-DEFAULTS = dict(
-    steps=600, batch_size=16, lr=2e-3, warmup_steps=30, widths=[16, 32, 64], dropout=0.1
-)
 
 
 def augment(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -63,10 +59,10 @@ def accuracy(model: VideoClassifier, clips: torch.Tensor, labels: torch.Tensor) 
     return {"accuracy": float((pred == labels).float().mean()), "per_class": per_class}
 
 
-def train(args: argparse.Namespace, settings: TrainSettings) -> dict:
-    out = Path(args.out)
-    train_set = load_clips(args.dataset_root, args.name, "train")
-    test_set = load_clips(args.dataset_root, args.name, "test", train_set.classes)
+def train(settings: ClassifierSettings) -> dict:
+    out = Path(settings.out)
+    train_set = load_clips(settings.dataset_root, settings.name, "train")
+    test_set = load_clips(settings.dataset_root, settings.name, "test", train_set.classes)
     classes = train_set.classes
     x_train = to_unit(train_set.frames).unsqueeze(2)
     y_train = torch.from_numpy(train_set.labels)
@@ -75,7 +71,7 @@ def train(args: argparse.Namespace, settings: TrainSettings) -> dict:
     by_class = [torch.nonzero(y_train == c).flatten() for c in range(len(classes))]
 
     config = VideoClassifierConfig(
-        num_classes=len(classes), widths=tuple(args.widths), dropout=args.dropout
+        num_classes=len(classes), widths=tuple(settings.widths), dropout=settings.dropout
     )
     torch.manual_seed(settings.seed)
     model = VideoClassifier(config)

@@ -24,7 +24,6 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from contextlib import nullcontext
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -36,33 +35,13 @@ from tqdm import tqdm
 from services.models.runtime import resolve_device
 from services.models.weights import load_strict
 
+from .settings import TrainSettings
+
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_DIR = "checkpoint"
 LOSS_CSV = "loss.csv"
 LOSS_PNG = "loss.png"
-
-
-@dataclass
-class TrainSettings:
-    """Optimisation settings common to every stage (see `cli.py` for the flags)."""
-
-    steps: int = 1000
-    batch_size: int = 16
-    lr: float = 1e-4
-    weight_decay: float = 1e-2
-    warmup_steps: int = 100
-    grad_clip: float = 1.0
-    seed: int = 3407
-    max_minutes: float | None = None
-    checkpoint_every: int = 200
-    log_every: int = 10
-    eval_every: int = 0
-    resume: bool = True
-    device: str = "auto"
-    threads: int | None = None
-    progress: bool = True
-    extra: dict = field(default_factory=dict)
 
 
 def seed_everything(seed: int) -> None:

@@ -15,7 +15,6 @@ cached in the run folder) with the SD-1.4 DDPM schedule and the MSE epsilon loss
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import logging
@@ -32,33 +31,12 @@ from services.models.ldm.legacy import is_legacy_checkpoint, load_legacy_unet
 from services.models.vae import load_vae
 
 from . import evaluation
-from .common import Trainer, TrainSettings
+from .common import Trainer
 from .conditioning import apply_drop, keep_and_drop, text_drop_flags
 from .data import ClipSet, load_clips, load_conditions, to_unit, write_classes
+from .settings import LatentSettings, LdmSettings, SeqSettings
 
 logger = logging.getLogger(__name__)
-
-_COMMON = dict(
-    preset="small",
-    vae_dir=Path("runs/train/vae/final"),
-    classifier_dir=Path("runs/train/classifier/final"),
-    text_drop=0.1,
-    lr=5e-4,
-    warmup_steps=100,
-    save_dtype="float32",
-    eval_clips=4,
-    eval_steps=25,
-    eval_guidance=3.0,
-)
-DEFAULTS = dict(_COMMON, steps=3000, batch_size=64, prior_drop=0.5)
-SEQ_DEFAULTS = dict(
-    _COMMON,
-    steps=4000,
-    batch_size=8,
-    init_dir=Path("runs/train/ldm/final"),
-    train_all=False,
-    eval_every=500,
-)
 
 
 # ------------------------------------------------------------------------------ cached inputs
@@ -119,14 +97,14 @@ def text_embeddings(texts: list[str], cache: Path) -> dict[str, torch.Tensor]:
 class _Data:
     """Everything a stage samples from: latents, labels, captions, conditions."""
 
-    def __init__(self, args: argparse.Namespace, split: str, classes: list[str] | None = None):
-        out = Path(args.out)
-        self.clips = load_clips(args.dataset_root, args.name, split, classes)
+    def __init__(self, settings: LatentSettings, split: str, classes: list[str] | None = None):
+        out = Path(settings.out)
+        self.clips = load_clips(settings.dataset_root, settings.name, split, classes)
         self.classes = self.clips.classes
         self.latents = cached_latents(
-            args.vae_dir, self.clips, out / f"latents_{split}.safetensors"
+            settings.vae_dir, self.clips, out / f"latents_{split}.safetensors"
         )
-        self.cond = load_conditions(args.dataset_root, args.name, self.clips)
+        self.cond = load_conditions(settings.dataset_root, settings.name, self.clips)
         self.labels = torch.from_numpy(self.clips.labels)
         self.text = text_embeddings(self.clips.texts, out / "text_embeddings.safetensors")
         self.text_rows = torch.stack([self.text[t] for t in self.clips.texts])
@@ -182,13 +160,13 @@ def _load_init(init_dir: Path | None) -> SequenceUNet | None:
     return None
 
 
-def train(args: argparse.Namespace, settings: TrainSettings) -> dict:
-    stage = args.stage
-    out = Path(args.out)
-    data = _Data(args, "train")
+def train(settings: LdmSettings | SeqSettings) -> dict:
+    stage = settings.stage
+    out = Path(settings.out)
+    data = _Data(settings, "train")
     torch.manual_seed(settings.seed)
-    model = _build_model(args, data.classes, stage, latent_channels=data.latents.shape[1])
-    if stage == "seq" and not args.train_all:
+    model = _build_model(settings, data.classes, stage, latent_channels=data.latents.shape[1])
+    if stage == "seq" and not settings.train_all:
         names = {n for n, _ in finetune_parameters(model)}
         for n, p in model.named_parameters():
             p.requires_grad_(n in names)
@@ -208,8 +186,8 @@ def train(args: argparse.Namespace, settings: TrainSettings) -> dict:
         clip = torch.randint(0, n_clips, (b,))
         frame = torch.randint(0, n_frames, (b,))
         x0 = data.latents[clip, :, frame]
-        drop_prior = torch.rand(b) < args.prior_drop
-        drop_text = torch.rand(b) < args.text_drop
+        drop_prior = torch.rand(b) < settings.prior_drop
+        drop_text = torch.rand(b) < settings.text_drop
         prior = apply_drop(data.cond.priors[clip], drop_prior)
         text = torch.where(drop_text[:, None, None], data.empty_text, data.text_rows[clip])
         xt, noise, t = _noise(scheduler, x0)
@@ -226,7 +204,7 @@ def train(args: argparse.Namespace, settings: TrainSettings) -> dict:
         clip = torch.randint(0, n_clips, (b,))
         x0 = data.latents[clip]
         drop_prior, drop_motion = keep_and_drop(b)
-        drop_text = text_drop_flags(drop_prior, drop_motion, args.text_drop)
+        drop_text = text_drop_flags(drop_prior, drop_motion, settings.text_drop)
         prior = apply_drop(data.cond.priors[clip], drop_prior)
         motion = apply_drop(data.cond.motion[clip], drop_motion)
         text = torch.where(drop_text[:, None, None], data.empty_text, data.text_rows[clip])
@@ -244,20 +222,20 @@ def train(args: argparse.Namespace, settings: TrainSettings) -> dict:
         )
         return F.mse_loss(pred.float(), noise.to(pred.device))
 
-    evaluate = _fidelity_eval(args, model, data) if stage == "seq" else None
+    evaluate = _fidelity_eval(settings, model, data) if stage == "seq" else None
     trainer = Trainer(model, params, settings, out, stage, evaluate)
     model.to(trainer.device)
     summary = trainer.fit(loss_ldm if stage == "ldm" else loss_seq)
     summary.update(
         parameters=model.num_parameters(),
         trainable_parameters=sum(p.numel() for p in params),
-        train_all=bool(stage == "ldm" or args.train_all),
+        train_all=bool(stage == "ldm" or settings.train_all),
         batch_size=b,
         classes=data.classes,
     )
     final = out / "final"
     export = model.cpu().eval()
-    if args.save_dtype == "float16":
+    if settings.save_dtype == "float16":
         export = export.half()
     export.save_pretrained(final)
     model.float()
@@ -266,22 +244,23 @@ def train(args: argparse.Namespace, settings: TrainSettings) -> dict:
     return summary
 
 
-def _fidelity_eval(args, model: SequenceUNet, train_data: _Data):
+def _fidelity_eval(settings: SeqSettings, model: SequenceUNet, train_data: _Data):
     """`evaluate(step)` for the Trainer: class fidelity on test references, when a trained
     classifier is available."""
-    if args.classifier_dir is None or not (Path(args.classifier_dir) / "config.json").is_file():
-        logger.warning("no classifier at %s: seq evaluation skipped", args.classifier_dir)
+    folder = settings.classifier_dir
+    if folder is None or not (Path(folder) / "config.json").is_file():
+        logger.warning("no classifier at %s: seq evaluation skipped", settings.classifier_dir)
         return None
-    classifier = VideoClassifier.from_pretrained(args.classifier_dir)
-    vae = load_vae(args.vae_dir).eval()
-    test = _Data(args, "test", train_data.classes)
-    picked = evaluation.pick_per_class(test.clips.labels, args.eval_clips, seed=0)
+    classifier = VideoClassifier.from_pretrained(folder)
+    vae = load_vae(settings.vae_dir).eval()
+    test = _Data(settings, "test", train_data.classes)
+    picked = evaluation.pick_per_class(test.clips.labels, settings.eval_clips, seed=0)
     refs = evaluation.references(test.clips, test.cond, picked, test.text)
     labels = test.clips.labels[picked]
 
     def evaluate(step: int) -> dict:
         clips, seconds = evaluation.generate(
-            model, vae, refs, test.empty_text, args.eval_guidance, args.eval_steps, seed=1
+            model, vae, refs, test.empty_text, settings.eval_guidance, settings.eval_steps, seed=1
         )
         model.train()
         pred = evaluation.classify(classifier, clips)

@@ -1,27 +1,30 @@
 """`genaug train all`: the bundled models' whole recipe in one resumable command.
 
 Runs, in order: the bundled Phantom dataset (generated only when `<root>/<DS>_volume` is missing),
-`genaug conditions` (in process; clips already done are skipped), then `genaug train vae`,
-`classifier`, `ldm` and `seq` with the settings of `deploy/model-repository/MODEL_CARD.md`, each
-in `<out>/<stage>` and wired to the previous stages' `final/` folders. Every stage resumes from its
-checkpoint, so re-running after an interruption continues where it stopped. With `--export DIR`
-the results are copied into the model-repository layout the services load (`vae/`, `ldm/`,
-`classifier/`, `classes.json`, `*_loss.png`). `--recipe-scale` shrinks every step count (for
-smoke runs); the bundled weights use 1.
+the conditions step (in process; clips already done are skipped), then the `vae`, `classifier`,
+`ldm` and `seq` stages with the settings of `deploy/model-repository/MODEL_CARD.md`, each in
+`<out>/<stage>` and wired to the previous stages' `final/` folders, all through
+`stages.run_stage`. Every stage resumes from its checkpoint, so re-running after an interruption
+continues where it stopped. With `export` the results are copied into the model-repository
+layout the services load (`vae/`, `ldm/`, `classifier/`, `classes.json`, `*_loss.png`).
+`recipe_scale` shrinks every step count (for smoke runs); the bundled weights use 1.
 """
 
 from __future__ import annotations
 
-import argparse
+import json
 import logging
 import shutil
 from pathlib import Path
 
-from . import cli
+from genaug.config import command_line
+
+from .settings import ConditionsSettings, RecipeSettings
+from .stages import STAGES, export_folder, run_stage
 
 logger = logging.getLogger(__name__)
 
-# (stage, flags): the bundled models' settings (MODEL_CARD.md, "Training").
+# (stage, settings): the bundled models' settings (MODEL_CARD.md, "Training").
 RECIPE: tuple[tuple[str, dict[str, object]], ...] = (
     ("vae", {"steps": 1500, "batch_size": 8, "lr": 1e-3, "warmup_steps": 50}),
     ("classifier", {"steps": 400, "batch_size": 16}),
@@ -46,64 +49,61 @@ LOSS_PLOTS = {"vae": "vae_loss.png", "classifier": "classifier_loss.png",
 EXPORTS = {"vae": "vae", "classifier": "classifier", "seq": "ldm"}
 
 
-def stage_flags(stage: str, settings: dict[str, object], args, out: Path, scale: float) -> list:
-    """The `genaug train <stage>` argument list of one recipe step."""
-    values = dict(settings)
-    for key in SCALED:
-        if key in values:
-            values[key] = max(1, round(int(values[key]) * scale))
-    flags = [stage, "--dataset-root", str(args.dataset_root), "--name", args.name,
-             "--out", str(out / stage)]  # fmt: skip
+def stage_values(stage: str, settings: dict[str, object], plan, out: Path, scale: float) -> dict:
+    """The settings of one recipe step that differ from the stage's defaults: the dataset and
+    run folders of `plan` (a `RecipeSettings`), the wiring to the earlier stages, the recipe's
+    values (step counts scaled) and the threads, device and progress `plan` passes on."""
+    values: dict[str, object] = {"dataset_root": Path(plan.dataset_root), "name": plan.name,
+                                 "out": out / stage}  # fmt: skip
     if stage in ("ldm", "seq"):
-        flags += ["--vae-dir", str(out / "vae" / "final")]
+        values["vae_dir"] = out / "vae" / "final"
     if stage == "seq":
-        flags += ["--init-dir", str(out / "ldm" / "final"),
-                  "--classifier-dir", str(out / "classifier" / "final")]  # fmt: skip
-    for key, value in values.items():
-        flag = "--" + key.replace("_", "-")
-        flags += [flag] if value is True else [flag, str(value)]
+        values["init_dir"] = out / "ldm" / "final"
+        values["classifier_dir"] = out / "classifier" / "final"
+    for key, value in settings.items():
+        values[key] = max(1, round(int(value) * scale)) if key in SCALED else value
     for key in ("threads", "device"):
-        if getattr(args, key, None) is not None:
-            flags += ["--" + key, str(getattr(args, key))]
-    if args.progress is False:
-        flags.append("--no-progress")
-    return flags
+        if getattr(plan, key, None) is not None:
+            values[key] = getattr(plan, key)
+    if plan.progress is False:
+        values["progress"] = False
+    return values
 
 
-def run_all(args: argparse.Namespace) -> int:
-    """Runs the whole recipe (see the module docstring); returns 0."""
-    from services.data import conditions, phantoms
-    from services.models.conditions import InProcessConditions
+def stage_flags(stage: str, settings: dict[str, object], plan, out: Path, scale: float) -> list:
+    """The `genaug train <stage>` command line of one recipe step (logged; MODEL_CARD.md)."""
+    values = stage_values(stage, settings, plan, out, scale)
+    return [stage, *command_line(STAGES[stage].settings, values)]
 
-    out = Path(args.out or "runs/train")
-    scale = float(args.recipe_scale or 1.0)
+
+def run_all(plan: RecipeSettings) -> None:
+    """Runs the whole recipe (see the module docstring)."""
+    from services.data import phantoms
+
+    out, scale = Path(plan.out), float(plan.recipe_scale)
     if not scale > 0:
         raise ValueError(f"--recipe-scale must be > 0, got {scale}")
-    root = Path(args.dataset_root)
-    if not (root / f"{args.name}_volume").is_dir():
-        if args.name != phantoms.PHANTOM_NAME:
+    root = Path(plan.dataset_root)
+    if not (root / f"{plan.name}_volume").is_dir():
+        if plan.name != phantoms.PHANTOM_NAME:
             raise FileNotFoundError(
-                f"no dataset {args.name!r} under {root}: run `genaug prepare` first"
+                f"no dataset {plan.name!r} under {root}: run `genaug prepare` first"
             )
-        logger.info("all: generating the bundled %s dataset under %s", args.name, root)
+        logger.info("all: generating the bundled %s dataset under %s", plan.name, root)
         phantoms.ensure_bundled_dataset(root)
 
-    logger.info("all: conditions (motion fields, trajectories, priors) for %s", args.name)
-    counts = conditions.precompute(
-        root, args.name, ["train", "test"], list(conditions.KINDS), InProcessConditions()
-    )
+    logger.info("all: conditions (motion fields, trajectories, priors) for %s", plan.name)
+    counts = run_stage("conditions", ConditionsSettings(root, plan.name, plan.progress))
     logger.info("all: %(computed)d clips computed, %(skipped)d already done", counts)
 
-    parser = argparse.ArgumentParser()
-    cli.add_arguments(parser)
     for stage, settings in RECIPE:
-        flags = stage_flags(stage, settings, args, out, scale)
-        logger.info("all: genaug train %s", " ".join(flags))
-        cli.run(parser.parse_args(flags))
+        kind, values = STAGES[stage].settings, stage_values(stage, settings, plan, out, scale)
+        logger.info("all: genaug train %s %s", stage, " ".join(command_line(kind, values)))
+        summary = run_stage(stage, kind(**values))
+        print(json.dumps(summary))
 
-    if args.export is not None:
-        export(out, Path(args.export))
-    return 0
+    if plan.export is not None:
+        export(out, Path(plan.export))
 
 
 def export(out: Path, repository: Path) -> None:
@@ -111,7 +111,7 @@ def export(out: Path, repository: Path) -> None:
     once its copy is complete)."""
     repository.mkdir(parents=True, exist_ok=True)
     for stage, folder in EXPORTS.items():
-        cli.export_folder(out / stage / "final", repository / folder)
+        export_folder(out / stage / "final", repository / folder)
     shutil.copyfile(out / "classifier" / "final" / "classes.json", repository / "classes.json")
     for stage, name in LOSS_PLOTS.items():
         plot = out / stage / "loss.png"

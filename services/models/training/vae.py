@@ -12,7 +12,6 @@ modes: the encoder, the latents and an LDM trained on them stay valid while PSNR
 
 from __future__ import annotations
 
-import argparse
 import logging
 import math
 import time
@@ -24,23 +23,11 @@ import torch.nn.functional as F
 
 from services.models.vae import build_vae, load_vae, save_vae
 
-from .common import Trainer, TrainSettings
+from .common import Trainer
 from .data import load_frames, to_unit
+from .settings import VaeSettings
 
 logger = logging.getLogger(__name__)
-
-DEFAULTS = dict(
-    steps=2000,
-    batch_size=32,
-    lr=1e-3,
-    warmup_steps=100,
-    vae_config="small",
-    frame_source="slices",
-    kl_weight=1e-6,
-    grad_weight=0.5,
-    recon_loss="l1",
-    eval_frames=256,
-)
 
 
 def psnr_db(vae, frames: np.ndarray, batch: int = 64) -> float:
@@ -82,22 +69,22 @@ def _gradient_l1(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return dy.abs().mean() + dx.abs().mean()
 
 
-def train(args: argparse.Namespace, settings: TrainSettings) -> dict:
-    out = Path(args.out)
-    frames = load_frames(args.dataset_root, args.name, "train", args.frame_source)
-    held_out = load_frames(args.dataset_root, args.name, "test", args.frame_source)
+def train(settings: VaeSettings) -> dict:
+    out = Path(settings.out)
+    frames = load_frames(settings.dataset_root, settings.name, "train", settings.frame_source)
+    held_out = load_frames(settings.dataset_root, settings.name, "test", settings.frame_source)
     rng = np.random.default_rng(settings.seed)
-    eval_frames = held_out[rng.permutation(len(held_out))[: args.eval_frames]]
+    eval_frames = held_out[rng.permutation(len(held_out))[: settings.eval_frames]]
     logger.info("VAE: %d train frames, %d held-out frames", len(frames), len(eval_frames))
 
-    decoder_only = bool(args.decoder_only)
-    if args.init_dir is not None:
-        vae = load_vae(args.init_dir)
-        logger.info("VAE: starting from %s", args.init_dir)
+    decoder_only = bool(settings.decoder_only)
+    if settings.init_dir is not None:
+        vae = load_vae(settings.init_dir)
+        logger.info("VAE: starting from %s", settings.init_dir)
     elif decoder_only:
         raise ValueError("--decoder-only needs --init-dir (a trained VAE)")
     else:
-        vae = build_vae(args.vae_config, seed=settings.seed)
+        vae = build_vae(settings.vae_config, seed=settings.seed)
     if decoder_only:  # the latents (and any LDM trained on them) stay valid
         vae.encoder.requires_grad_(False)
         vae.quant_conv.requires_grad_(False)
@@ -106,7 +93,7 @@ def train(args: argparse.Namespace, settings: TrainSettings) -> dict:
 
     # L1 (the reference's) pulls speckle towards its median; MSE towards its mean, which is
     # what PSNR rewards.
-    recon = F.mse_loss if args.recon_loss == "mse" else F.l1_loss
+    recon = F.mse_loss if settings.recon_loss == "mse" else F.l1_loss
 
     def loss_fn(step: int) -> torch.Tensor:
         idx = torch.randint(0, len(data), (settings.batch_size,))
@@ -117,11 +104,11 @@ def train(args: argparse.Namespace, settings: TrainSettings) -> dict:
             with torch.no_grad():
                 z = vae.encode(x).latent_dist.mode()
             y = vae.decode(z).sample
-            return recon(y, x) + args.grad_weight * _gradient_l1(y, x)
+            return recon(y, x) + settings.grad_weight * _gradient_l1(y, x)
         posterior = vae.encode(x).latent_dist
         y = vae.decode(posterior.sample()).sample
         kl = posterior.kl().mean() / x[0].numel()
-        return recon(y, x) + args.grad_weight * _gradient_l1(y, x) + args.kl_weight * kl
+        return recon(y, x) + settings.grad_weight * _gradient_l1(y, x) + settings.kl_weight * kl
 
     def evaluate(step: int) -> dict:
         return {"psnr_db": round(psnr_db(vae, eval_frames), 3)}
@@ -135,20 +122,20 @@ def train(args: argparse.Namespace, settings: TrainSettings) -> dict:
     scaling = vae.config.scaling_factor if decoder_only else calibrate_scaling(vae, frames)
     summary.update(
         decoder_only=decoder_only,
-        init_dir=None if args.init_dir is None else str(args.init_dir),
+        init_dir=None if settings.init_dir is None else str(settings.init_dir),
         scaling_factor=scaling,
         psnr_db_test=round(psnr, 3),
         train_frames=len(frames),
         test_frames=len(held_out),
-        frame_source=args.frame_source,
+        frame_source=settings.frame_source,
     )
     provenance = {
         "provenance": "trained",
         "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "dataset": args.name,
-        "config": args.vae_config,
-        "loss": f"{args.recon_loss.upper()} + {args.grad_weight} x gradient-L1"
-        + ("" if decoder_only else f" + {args.kl_weight} x KL")
+        "dataset": settings.name,
+        "config": settings.vae_config,
+        "loss": f"{settings.recon_loss.upper()} + {settings.grad_weight} x gradient-L1"
+        + ("" if decoder_only else f" + {settings.kl_weight} x KL")
         + " (no LPIPS)",
         **summary,
     }
