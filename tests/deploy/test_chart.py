@@ -333,3 +333,18 @@ def test_dashboard_json_is_what_the_generator_builds():
     )
     assert configmap["metadata"]["labels"]["grafana_dashboard"] == "1"
     assert json.loads(configmap["data"]["ctrl-genaug.json"]) == board
+
+
+@pytest.mark.parametrize("variant", ["cpu", "cuda"])
+def test_dockerfiles_are_multi_stage_non_root_pinned_with_the_ports(variant):
+    text = (chart.ROOT / "deploy" / "docker" / f"Dockerfile.{variant}").read_text()
+    assert text.count("\nFROM ") >= 2 and " AS runtime" in text
+    assert "torch==2.13.0" in text
+    assert "\nUSER 10001:10001" in text.split(" AS runtime", 1)[1]
+    exposed = {
+        int(p) for line in text.splitlines() if line.startswith("EXPOSE") for p in line.split()[1:]
+    }
+    assert exposed == {p for ports in DEFAULT_PORTS.values() for p in ports}
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    assert values["models"]["path"] == "/app/deploy/model-repository"
+    assert f"GENAUG_MODEL_DIR={values['models']['path']}" in text
