@@ -14,7 +14,7 @@ from genaug.deadline import Deadline
 from genaug.errors import InvalidArgument
 from genaug.v1 import filter_pb2 as pb
 from genaug.v1 import filter_pb2_grpc
-from services.filter import pool
+from services.filter import metrics, pool
 from services.filter.scorer import PoolScorer
 
 # FilterOptions.BandScope -> PoolOptions.band_scope.
@@ -104,7 +104,9 @@ class FilterServicer(filter_pb2_grpc.FilterServicer):
         if not scores:
             raise InvalidArgument("clips", "the pool has no clips")
         deadline.check("pool decisions")
-        return _response(pool.judge_pool(scores, options))
+        outcome = pool.judge_pool(scores, options)
+        metrics.record(outcome, options)
+        return _response(outcome)
 
     def _validated_clip(self, clip_msg, i: int, shape, first_index: dict[str, int]):
         """Checks ids, label and tensor of `clips[i]`; returns the clip array."""
