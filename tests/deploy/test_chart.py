@@ -153,7 +153,7 @@ def test_service_flags_are_ones_the_services_accept():
     from services.common.config import base_parser
 
     docs = chart.everything_on() + render(value_set("tls-token"))
-    known = {a for action in base_parser("x", 1, 2)._actions for a in action.option_strings}
+    known = {a for action in base_parser("sampler")._actions for a in action.option_strings}
     known |= {
         "--encoder-target",
         "--motion-target",
