@@ -266,6 +266,7 @@ class ContinuousBatchingEngine(SamplerEngine):
         if isinstance(outcome, Finished):
             metrics.CLIPS.labels(name).inc()
             metrics.REQUEST_SECONDS.labels(name).observe(outcome.seconds)
+            job.state = None  # the request's tensors (MBs): the cache keeps only the outcome
             self._done.put(job.request_id, job)
         else:
             metrics.ENDED.labels(type(outcome.error).__name__).inc()

@@ -52,6 +52,7 @@ def test_engine_replays_within_the_byte_bound_and_recomputes_beyond_it():
     try:
         first = submit(probe, "probe", seed=1)
         assert isinstance(outcome(first)[0], Finished)
+        assert first.state is None  # its request's tensors are not kept with the result
         one_job = first.nbytes()
     finally:
         probe.close()
