@@ -23,6 +23,7 @@ import numpy as np
 from tqdm import tqdm
 
 from services.data import layout
+from services.data.safety import output_within
 
 logger = logging.getLogger(__name__)
 
@@ -126,6 +127,8 @@ def precompute(
     """Compute the missing condition files; returns counts of computed and skipped clips."""
     items = [item for split in splits for item in layout.load_dataset(root, name, split)]
     items = items[:limit] if limit else items
+    for folder in vars(condition_paths(root, name, "clip.avi")).values():
+        output_within(root, Path(folder).parent, "--dataset-root")
     counts = {"computed": 0, "skipped": 0}
 
     def one(item) -> bool:
