@@ -19,11 +19,16 @@ demo: install
 test: install lint
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
-# Reliability soak (not part of make test): >= 1000 hostile requests per service; per-service
-# JSON under runs/soak/.
+# Reliability soak (not part of make test): >= 1000 hostile requests per service, 64 concurrent
+# Generate streams for 60 s, kill -9 and SIGTERM of every service during a job; JSON under
+# runs/soak/, and the figures printed at the end.
 soak: install
+	rm -rf runs/soak
 	GENAUG_FUZZ_EXAMPLES=$${GENAUG_FUZZ_EXAMPLES:-350} GENAUG_FUZZ_RESULTS=runs/soak \
 		$(PY) -m pytest -q -p no:cacheprovider tests/fuzz $(PYTEST_ARGS)
+	GENAUG_SOAK=1 GENAUG_FUZZ_RESULTS=runs/soak \
+		$(PY) -m pytest -q -p no:cacheprovider tests/soak tests/e2e/test_faults.py $(PYTEST_ARGS)
+	$(PY) -m tests.soak.summary runs/soak
 
 # Re-train the bundled models with their recipe (deploy/model-repository/MODEL_CARD.md; about
 # 80 min on 2 CPU cores; resumable) and install them into deploy/model-repository.

@@ -17,7 +17,8 @@ from clients.rpc.conditions import GrpcConditions
 from clients.rpc.encoder import ConditionEncoderClient
 from clients.rpc.motion import MotionExtractorClient
 from services.data import layout
-from services.data.conditions import KINDS, precompute
+from services.data.conditions import KINDS, condition_paths, precompute
+from services.data.safety import output_within
 
 NEEDS = {"motion": ("--motion-target", "motion"), "prior": ("--encoder-target", "priors")}
 
@@ -61,6 +62,9 @@ def run(args: argparse.Namespace) -> int:
             from services.models.conditions import InProcessConditions
 
             source = InProcessConditions(args.method, args.image_encoder, args.medsam_checkpoint)
+        # A link planted in the dataset root must not carry the condition files outside it.
+        for path in condition_paths(args.dataset_root, args.name, "clip.avi").files():
+            output_within(args.dataset_root, path.parent, "--dataset-root")
         counts = precompute(
             args.dataset_root,
             args.name,

@@ -117,40 +117,50 @@ class LocalCluster:
                 args += [flag, self.services[dependency].target]
         return args
 
+    def _launch(self, service: ServiceProcess, log_mode: str = "w") -> None:
+        command = [
+            sys.executable,
+            "-m",
+            f"services.{service.name}",
+            "--host",
+            self.host,
+            "--port",
+            str(service.port),
+            "--metrics-port",
+            str(service.metrics_port),
+            *self._wiring(service.name),
+            *service.extra_args,
+        ]
+        if self.model_dir is not None:
+            command += ["--model-dir", str(self.model_dir)]
+        log = open(service.log_path, log_mode)  # noqa: SIM115 - owned by the child process
+        service.process = subprocess.Popen(
+            command,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            start_new_session=True,
+        )
+        log.close()
+        logger.info("started %s (pid %d) on %s", service.name, service.process.pid, service.target)
+
     def start(self, timeout: float = 300.0) -> None:
         for service in self.services.values():
-            command = [
-                sys.executable,
-                "-m",
-                f"services.{service.name}",
-                "--host",
-                self.host,
-                "--port",
-                str(service.port),
-                "--metrics-port",
-                str(service.metrics_port),
-                *self._wiring(service.name),
-                *service.extra_args,
-            ]
-            if self.model_dir is not None:
-                command += ["--model-dir", str(self.model_dir)]
-            log = open(service.log_path, "w")  # noqa: SIM115 - owned by the child process
-            service.process = subprocess.Popen(
-                command,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
-                start_new_session=True,
-            )
-            log.close()
-            logger.info(
-                "started %s (pid %d) on %s", service.name, service.process.pid, service.target
-            )
+            self._launch(service)
         self.wait_until_serving(timeout)
 
-    def wait_until_serving(self, timeout: float) -> None:
+    def restart(self, name: str, timeout: float = 300.0) -> None:
+        """Start `name` again on the same ports once its process has exited (a crash, a
+        drain); its log continues in the same file."""
+        service = self.services[name]
+        if service.process is not None and service.process.poll() is None:
+            raise RuntimeError(f"{name} is still running (pid {service.process.pid})")
+        self._launch(service, log_mode="a")
+        self.wait_until_serving(timeout, [name])
+
+    def wait_until_serving(self, timeout: float, names: list[str] | None = None) -> None:
         end = time.monotonic() + timeout
-        for service in self.services.values():
+        for service in (self.services[n] for n in names or self.services):
             with open_channel(service.target, ChannelSettings(retry_attempts=1)) as channel:
                 while True:
                     if service.process.poll() is not None:

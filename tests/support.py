@@ -89,3 +89,17 @@ def make_certificates(directory: Path) -> dict[str, Path]:
             )
         )
     return paths
+
+
+def report_lines(config, title: str, lines: list[str]) -> None:
+    """Print `lines` under a `title` rule in pytest's output, even with capturing on (figures
+    that `make test` and `make soak` show)."""
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is None:
+        return
+    capture = config.pluginmanager.get_plugin("capturemanager")
+    with capture.global_and_fixture_disabled():
+        reporter.ensure_newline()
+        reporter.write_sep("-", title)
+        for line in lines:
+            reporter.write_line(line)

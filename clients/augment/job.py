@@ -251,13 +251,16 @@ def run_job(o: AugmentOptions, sampler_pool=None, filter_client=None) -> JobResu
 
 
 def open_shard(o: AugmentOptions) -> Shard:
-    """Plan the job, record it in `--out` (or refuse a different one there), open the shard's
-    manifest and remove the temporaries a killed run of this shard left."""
+    """Plan the job, check that its writes stay inside `--out`, record it there (or refuse a
+    different one), open the shard's manifest and remove the temporaries a killed run of this
+    shard left."""
     preflight.check_output(o)  # --out at or inside --dataset-root would rewrite its metadata
     plan = plan_job(o)
     out = Path(o.out)
+    manifest = Manifest(manifest_path(out, o.shard_index, o.shard_count))
+    output.check_output_paths(out, plan.name, manifest.path)
     check_job(out, plan.job)
-    shard = Shard(o, plan, out, Manifest(manifest_path(out, o.shard_index, o.shard_count)))
+    shard = Shard(o, plan, out, manifest)
     output.remove_stale_temporaries(out, plan.name, shard.owned_files())
     return shard
 

@@ -20,6 +20,7 @@ from clients.augment.manifest import (
 from clients.augment.plan import WorkItem
 from services.data import layout
 from services.data.conditions import condition_paths
+from services.data.safety import output_within
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +89,22 @@ def rebuild_metadata(out: Path, name: str) -> int:
         records = all_written(out)
         layout.write_metadata(layout.metadata_path(out, name, "train"), records)
     return len(records)
+
+
+def check_output_paths(out: Path, name: str, manifest: Path) -> None:
+    """Refuse an output folder holding a link that would carry the job's writes outside it
+    (the folders it writes into, and the files it opens for appending or locking)."""
+    state = state_dir(out)
+    for path in (
+        layout.dataset_dir(out, name),
+        state,
+        state / "pool",
+        state / "conditions",
+        state / ".lock",
+        manifest,
+        Path(out) / "report",
+    ):
+        output_within(out, path, "--out")
 
 
 def remove_stale_temporaries(out: Path, name: str, finals: Iterable[str]) -> int:

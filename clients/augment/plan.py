@@ -43,8 +43,10 @@ class WorkItem:
 
 
 def safe_name(text: str) -> str:
-    """`text` with every character outside [A-Za-z0-9.+-] replaced by `_`."""
-    return _UNSAFE.sub("_", str(text)) or "_"
+    """`text` with every character outside [A-Za-z0-9.+-] replaced by `_`, and a leading `.`
+    too (a name starting with one would be hidden, and the layout refuses it)."""
+    name = _UNSAFE.sub("_", str(text)) or "_"
+    return "_" + name[1:] if name.startswith(".") else name
 
 
 def item_id(cls: str, source_clip: str, seed: int) -> str:

@@ -67,12 +67,21 @@ def _status_for(exc: BaseException, method: str) -> tuple[grpc.StatusCode, str]:
         return grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)
     if isinstance(exc, TensorFormatError):
         return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
-    if isinstance(exc, grpc.RpcError) and callable(getattr(exc, "code", None)):
-        code = exc.code()
-        if code in _PASS_THROUGH:
-            return code, f"downstream call failed: {exc.details()}"
+    code, details = _downstream_status(exc)
+    if code in _PASS_THROUGH:
+        return code, f"downstream call failed: {details}"
     logger.error("%s failed", method, exc_info=exc)
     return grpc.StatusCode.INTERNAL, f"internal error (request id {request_id_var.get()})"
+
+
+def _downstream_status(exc: BaseException) -> tuple[grpc.StatusCode | None, str]:
+    """The status of a failed call to another service: a grpc.RpcError, or the client
+    library's error (`clients.rpc.GenAugError`, which carries `code` and `details` as
+    attributes; this layer does not import the client library)."""
+    code, details = getattr(exc, "code", None), getattr(exc, "details", "")
+    if isinstance(exc, grpc.RpcError) and callable(code):
+        code, details = code(), exc.details() if callable(details) else details
+    return (code if isinstance(code, grpc.StatusCode) else None), str(details or "")
 
 
 class ObservabilityInterceptor(grpc.ServerInterceptor):

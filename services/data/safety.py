@@ -43,18 +43,38 @@ def resolve_within(root: str | os.PathLike, path: str | os.PathLike, field: str)
         NotFound: `root` or the resolved path does not exist.
         InvalidArgument: the path resolves outside `root`.
     """
-    root_path = Path(root)
-    if not root_path.exists():
+    if not Path(root).exists():
         raise NotFound(f"{field}: the dataset root does not exist")
-    root_resolved = root_path.resolve()
+    resolved = _contained(root, path, field, "path is outside the dataset root")
+    if not resolved.exists():
+        raise NotFound(f"{field}: no such file or directory")
+    return resolved
+
+
+def output_within(root: str | os.PathLike, path: str | os.PathLike, field: str) -> Path:
+    """Require a path a command will write (it need not exist yet) to stay inside its output
+    root once symlinks are resolved: a link planted inside the root (`<out>/<DS>_volume ->
+    /elsewhere`) would otherwise carry the writes outside it. The root itself may be a link.
+
+    Returns:
+        The resolved path.
+
+    Raises:
+        InvalidArgument: naming `field` (the output root's flag) and the path relative to it.
+    """
+    relative = Path(path).relative_to(root) if Path(path).is_relative_to(root) else Path(path)
+    message = f"{relative} leads outside it (a symbolic link or '..'); outputs stay inside it"
+    return _contained(root, path, field, message)
+
+
+def _contained(root: str | os.PathLike, path: str | os.PathLike, field: str, message: str) -> Path:
+    root_resolved = Path(root).resolve()
     candidate = Path(path)
     if not candidate.is_absolute():
         candidate = root_resolved / candidate
     resolved = candidate.resolve()
     if resolved != root_resolved and not resolved.is_relative_to(root_resolved):
-        raise InvalidArgument(field, "path is outside the dataset root")
-    if not resolved.exists():
-        raise NotFound(f"{field}: no such file or directory")
+        raise InvalidArgument(field, message)
     return resolved
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from services.data.safety import output_within
 from services.models.medsam import PRIOR_SHAPE, load_image_prior_encoder
 from services.models.onnx_graphs import (
     DEFAULT_OPSET,
@@ -198,9 +199,12 @@ def run(args: argparse.Namespace) -> int:
     failed = []
     for spec in specs:
         path = onnx_path(args.out, spec.name, args.triton_layout)
+        config = path.parent.parent / "config.pbtxt"
+        for written in [path, config] if args.triton_layout else [path]:
+            output_within(args.out, written, "--out")  # a link planted in --out is refused
         result: ExportResult = export_onnx(spec, path, args.opset)
         if args.triton_layout:
-            (path.parent.parent / "config.pbtxt").write_text(triton_config(spec))
+            config.write_text(triton_config(spec))
         print(
             f"{spec.name}: {path} ({result.size_bytes / 1e6:.1f} MB, opset {args.opset}, "
             f"exported and checked in {result.seconds:.1f} s; weights {spec.metadata['weights']})"

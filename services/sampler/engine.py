@@ -21,7 +21,7 @@ import logging
 import threading
 import time
 import uuid
-from collections import Counter, OrderedDict, deque
+from collections import Counter, deque
 from collections.abc import Callable
 from typing import Protocol
 
@@ -35,6 +35,7 @@ from genaug.errors import (
 )
 from services.sampler import metrics
 from services.sampler.jobs import Failed, Finished, Job, Priority, Progress, Queued
+from services.sampler.result_cache import DEFAULT_MAX_BYTES, ResultCache
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +86,8 @@ class ContinuousBatchingEngine(SamplerEngine):
         max_batch_size: requests advanced together per step.
         max_queue: requests allowed to wait; beyond it submissions get RESOURCE_EXHAUSTED.
         completed_cache: finished results kept for retries with the same request id.
+        completed_cache_bytes: the most bytes those results may hold (latents and decoded
+            result messages); the least recently used leave first.
     """
 
     def __init__(
@@ -93,6 +96,7 @@ class ContinuousBatchingEngine(SamplerEngine):
         max_batch_size: int = 4,
         max_queue: int = 64,
         completed_cache: int = 256,
+        completed_cache_bytes: int = DEFAULT_MAX_BYTES,
     ):
         if max_batch_size < 1 or max_queue < 0:
             raise ValueError("max_batch_size must be >= 1 and max_queue >= 0")
@@ -103,8 +107,7 @@ class ContinuousBatchingEngine(SamplerEngine):
         self._running: list[Job] = []
         self._preparing: Counter[Priority] = Counter()  # admitted, conditions being fetched
         self._jobs: dict[str, Job] = {}  # in flight, by request id
-        self._done: OrderedDict[str, Job] = OrderedDict()  # finished with a clip
-        self._completed_cache = completed_cache
+        self._done = ResultCache(Job.nbytes, completed_cache, completed_cache_bytes)  # with a clip
         self._cv = threading.Condition()
         self._closed = False
         self._admitting = True
@@ -304,9 +307,8 @@ class ContinuousBatchingEngine(SamplerEngine):
         if isinstance(outcome, Finished):
             metrics.CLIPS.labels(name).inc()
             metrics.REQUEST_SECONDS.labels(name).observe(outcome.seconds)
-            self._done[job.request_id] = job
-            while len(self._done) > self._completed_cache:
-                self._done.popitem(last=False)
+            job.state = None  # the request's tensors (MBs): the cache keeps only the outcome
+            self._done.put(job.request_id, job)
         else:
             metrics.ENDED.labels(type(outcome.error).__name__).inc()
 

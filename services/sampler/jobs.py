@@ -107,6 +107,14 @@ class Job:
         for q in listeners:
             q.put(event)
 
+    def nbytes(self) -> int:
+        """Bytes a finished job holds: its latents and the result messages built from them."""
+        latents = self.outcome.latents if isinstance(self.outcome, Finished) else None
+        size = 0 if latents is None else latents.numel() * latents.element_size()
+        with self._lock:
+            memo = list(self.memo.values())
+        return size + sum(m.ByteSize() for m in memo if hasattr(m, "ByteSize"))
+
     def record_step(self, seconds: float) -> None:
         self._step_times.append(seconds)
 

@@ -9,10 +9,7 @@ The last test kills replica B in the middle of a job that uses both.
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -23,12 +20,11 @@ import pytest
 from clients.augment import run_options
 from clients.augment.manifest import manifest_path, read_records
 from clients.augment.options import AugmentOptions
-from clients.local_cluster import LocalCluster, available_services
+from clients.local_cluster import available_services
 from services.data import layout
 from services.data.phantoms import PHANTOM_NAME, ensure_bundled_dataset
+from tests.e2e.cluster import NEEDED, augment
 
-ROOT = Path(__file__).resolve().parents[2]
-NEEDED = {"condition_encoder", "vae_codec", "sampler", "filter", "motion_extractor"}
 PER_CLASS, STEPS = 2, 3
 
 pytestmark = [
@@ -41,21 +37,8 @@ pytestmark = [
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    logs = tmp_path_factory.mktemp("logs")
-    extra = {"filter": ["--num-classes", "3"]}
-    with LocalCluster(sorted(NEEDED), log_dir=logs, extra_args=extra) as main:
-        t = main.targets()
-        wiring = [
-            "--encoder-target",
-            t["condition_encoder"],
-            "--motion-target",
-            t["motion_extractor"],
-            "--codec-target",
-            t["vae_codec"],
-        ]
-        with LocalCluster(["sampler"], log_dir=logs / "b", extra_args={"sampler": wiring}) as b:
-            yield main, b
+def cluster(two_sampler_cluster):
+    return two_sampler_cluster
 
 
 @pytest.fixture(scope="module")
@@ -76,17 +59,6 @@ def _args(data: Path, out: Path, sampler: list[str] | None = None, **extra) -> l
     return args
 
 
-def _augment(args: list[str]) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "clients.cli", "augment", *args],
-        cwd=ROOT,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-
-
 def _files(out: Path) -> dict[str, bytes]:
     folder = layout.dataset_dir(out, PHANTOM_NAME)
     return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
@@ -100,7 +72,7 @@ def test_output_layout_counts_and_crash_resume(cluster, data, tmp_path):
     main, b = cluster
     t = main.targets()
     reference = tmp_path / "reference"
-    run = _augment(
+    run = augment(
         _args(
             data,
             reference,
@@ -133,7 +105,7 @@ def test_output_layout_counts_and_crash_resume(cluster, data, tmp_path):
     # kill -9 the client once some items are done, then re-run: same files, same bytes.
     resumed = tmp_path / "resumed"
     args = _args(data, resumed, [b.targets()["sampler"]], filter=t["filter"])
-    victim = _augment(args)
+    victim = augment(args)
     end = time.monotonic() + 300
     while len(_generated(resumed)) < 2 and victim.poll() is None and time.monotonic() < end:
         time.sleep(0.05)
@@ -142,7 +114,7 @@ def test_output_layout_counts_and_crash_resume(cluster, data, tmp_path):
     victim.communicate()
     done_before = len(_generated(resumed))
     assert 2 <= done_before < 3 * PER_CLASS
-    again = _augment(args)
+    again = augment(args)
     output = again.communicate(timeout=400)[0]
     assert again.returncode == 0, output
     assert _files(resumed) == _files(reference)
@@ -168,7 +140,7 @@ def test_two_shards_into_one_folder_equal_a_single_run(cluster, data, tmp_path):
         _args(data, sharded, shard_index="0", shard_count="2", **extra),
         _args(data, sharded, shard_index="1", shard_count="2", **extra),
     ):
-        run = _augment(args)
+        run = augment(args)
         outputs.append(run.communicate(timeout=400)[0])
         assert run.returncode == 0, outputs[-1]
     assert "still to come" in outputs[1]  # shard 0 left the filtering to the last shard

@@ -11,7 +11,7 @@ import pytest
 import tritonclient.grpc as triton
 
 from clients import GenAugError
-from clients.local_cluster import LocalCluster, available_services
+from clients.local_cluster import available_services
 from clients.rpc.channel import open_channel
 from clients.rpc.sampler import SamplerClient, conditions_message
 from genaug.ports import DEFAULT_PORTS
@@ -26,9 +26,8 @@ pytestmark = pytest.mark.skipif(
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    with LocalCluster(log_dir=tmp_path_factory.mktemp("logs")) as running:
-        yield running
+def cluster(two_sampler_cluster):
+    return two_sampler_cluster[0]  # the five services (shared with the other e2e modules)
 
 
 @pytest.fixture(scope="module")
