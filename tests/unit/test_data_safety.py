@@ -58,6 +58,19 @@ def test_augment_refuses_an_output_at_or_inside_the_dataset_root(tmp_path, out, 
     assert snapshot(root) == before
 
 
+@pytest.mark.parametrize("flag", ["--out", "--export"])
+def test_train_refuses_a_run_or_export_folder_inside_the_dataset_root(tmp_path, flag, capsys):
+    root = tiny_dataset(tmp_path / "data")
+    before = snapshot(root)
+    folders = {"--out": tmp_path / "run", "--export": tmp_path / "export"}
+    folders[flag] = root / "models"
+    argv = ["train", "vae", "--dataset-root", str(root), "--name", NAME, "--steps", "1"]
+    argv += ["--out", str(folders["--out"]), "--export", str(folders["--export"])]
+    assert main(argv) == 2
+    assert f"{flag}: is at or inside --dataset-root" in capsys.readouterr().err
+    assert snapshot(root) == before
+
+
 def test_augment_next_to_the_dataset_keeps_every_real_file(tmp_path):
     root = tiny_dataset(tmp_path / "data")
     before = snapshot(root)

@@ -21,6 +21,8 @@ from typing import Any
 import torch
 import yaml
 
+from services.data.safety import check_outside
+
 from . import classifier, ldm, vae
 from .settings import (
     ClassifierSettings,
@@ -57,6 +59,10 @@ def _training(train: Callable[[Any], dict]) -> Callable[[StageSettings], dict]:
     """A stage's `train(settings)` with what every stage does around it."""
 
     def run(settings: StageSettings) -> dict:
+        # A run folder or export inside the dataset would mix model files into the data.
+        check_outside(settings.out, "out", settings.dataset_root, "dataset_root")
+        if settings.export is not None:
+            check_outside(settings.export, "export", settings.dataset_root, "dataset_root")
         out = Path(settings.out)
         out.mkdir(parents=True, exist_ok=True)
         recorded = {"stage": settings.stage, **dataclasses.asdict(settings)}
