@@ -14,7 +14,9 @@ Every arm trains the same classifier on the regime's real clips; they differ in 
 
 N is the same for every synthetic arm and class: the fewest clips any included filter keeps of
 any class (optionally capped), so arms differ in which clips they get, not how many, and the
-synthetic part is class-balanced. Each seed draws its own N per class (seeded by seed and arm).
+synthetic part is class-balanced. An arm whose filter keeps fewer than 2 clips of a class is
+not trained (the report says so) rather than shrinking every arm to nothing. Each seed draws
+its own N per class (seeded by seed and arm).
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ ARMS = (
         True,
     ),
 )
+MIN_PER_CLASS = 2
 DEFAULT_ARMS = tuple(a.name for a in ARMS if a.name != "f-memorisation")
 BASELINE = "a-real"
 
@@ -80,16 +83,29 @@ def synthetic_per_class(
     filters: dict,
     num_classes: int,
     cap: int | None = None,
-) -> int:
-    """N: the fewest eligible clips of any class under any synthetic arm (see the docstring)."""
-    counts = [
-        len(eligible(arm, ids, labels, filters).get(c, []))
+    minimum: int = MIN_PER_CLASS,
+) -> tuple[int, dict[str, str]]:
+    """(N, skipped arms): N is the fewest eligible clips of any class under any synthetic arm
+    (see the docstring). A filter that keeps fewer than `minimum` clips of some class cannot
+    make an arm without shrinking every other arm to that: such arms are skipped (name ->
+    reason) and N is taken over the others."""
+    fewest = {
+        arm.name: min(
+            len(eligible(arm, ids, labels, filters).get(c, [])) for c in range(num_classes)
+        )
         for arm in arms
         if arm.synthetic
-        for c in range(num_classes)
-    ]
+    }
+    filtered = {arm.name: arm.filter is not None for arm in arms}
+    skipped = {
+        name: f"{'its filter kept' if filtered[name] else 'the pool has'} {k} clip(s) of some "
+        f"class (fewer than {minimum})"
+        for name, k in fewest.items()
+        if k < minimum
+    }
+    counts = [k for name, k in fewest.items() if name not in skipped]
     n = min(counts) if counts else 0
-    return min(n, cap) if cap is not None else n
+    return (min(n, cap) if cap is not None else n), skipped
 
 
 def draw(arm_index: int, seed: int, pools: dict[int, list[str]], n: int) -> list[str]:

@@ -33,9 +33,9 @@ class GeneratorRecipe:
 
     vae_steps: int = 400
     vae_batch: int = 8
-    ldm_steps: int = 150
+    ldm_steps: int = 250
     ldm_batch: int = 32
-    seq_steps: int = 600
+    seq_steps: int = 800
     seq_batch: int = 8
     classifier_steps: int = 300
     classifier_batch: int = 16
@@ -55,11 +55,16 @@ def _flags(values: dict) -> list[str]:
     return flags
 
 
+def finished(*runs: Path) -> bool:
+    """Whether every run folder holds a finished stage (its `final/` and summary)."""
+    return all((run / "final").is_dir() and (run / SUMMARY).is_file() for run in runs)
+
+
 def train_stage(stage: str, view: Path, name: str, out: Path, **settings) -> dict:
     """Run `genaug train <stage>` on `view` into `out` (resumes; skipped when finished) and
     return its summary (steps, seconds, ...). The one call into the training code."""
     summary = out / SUMMARY
-    if (out / "final").is_dir() and summary.is_file():
+    if finished(out):
         return json.loads(summary.read_text())
     from services.models.training import cli
 

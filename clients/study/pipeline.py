@@ -59,10 +59,12 @@ class StudyConfig:
 
 
 class Timer:
-    """Wall seconds per phase, for the report's budget table."""
+    """Wall seconds per phase for the report's budget table, summed over every run of the
+    study folder (a resumed run adds what it spent; a finished phase adds about nothing)."""
 
-    def __init__(self):
-        self.phases: dict[str, float] = {}
+    def __init__(self, path: Path):
+        self.path = path
+        self.phases: dict[str, float] = json.loads(path.read_text()) if path.is_file() else {}
 
     def phase(self, name: str):
         timer = self
@@ -74,6 +76,7 @@ class Timer:
 
             def __exit__(self, *exc):
                 timer.phases[name] = timer.phases.get(name, 0.0) + time.perf_counter() - self.began
+                write_json(timer.path, timer.phases)
 
         return _Phase()
 
@@ -116,7 +119,7 @@ def run_study(cfg: StudyConfig) -> Path:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "config.json", cfg.record())
-    timer = Timer()
+    timer = Timer(out / "timings.json")
     arm_list = arms_mod.arms_named(list(cfg.arms))
     train = layout.load_dataset(cfg.dataset_root, cfg.name, "train")
     classes = train.classes
@@ -132,7 +135,7 @@ def run_study(cfg: StudyConfig) -> Path:
     with timer.phase("conditions + VAE"):
         # The VAE needs only slices: it trains in a worker while the conditions are computed.
         vae_args = (cfg.dataset_root, cfg.name, chosen[regimes.LOW], regime_dirs[regimes.LOW])
-        if cfg.workers > 1:
+        if cfg.workers > 1 and not generator.finished(vae_run):
             context = multiprocessing.get_context("spawn")
             with ProcessPoolExecutor(1, mp_context=context) as executor:
                 future = executor.submit(_vae, *vae_args, vae_run, cfg.generator)
@@ -152,7 +155,9 @@ def run_study(cfg: StudyConfig) -> Path:
             for r in chosen
         ]  # fmt: skip
         repos = {}
-        for r, summary in zip(chosen, _in_parallel(calls, cfg.workers), strict=True):
+        stages = [regime_dirs[r] / stage for r in chosen for stage in ("classifier", "ldm", "seq")]
+        workers = 1 if generator.finished(*stages) else cfg.workers
+        for r, summary in zip(chosen, _in_parallel(calls, workers), strict=True):
             models[r] = summary
             repos[r] = generator.model_repository(
                 regime_dirs[r], vae_dir, cfg.sampling_steps, cfg.guidance
@@ -173,14 +178,16 @@ def run_study(cfg: StudyConfig) -> Path:
     tests = {"in_domain": (cfg.dataset_root, cfg.name, "test")}
     if cfg.ood_root is not None and cfg.ood_name:
         tests["out_of_domain"] = (cfg.ood_root, cfg.ood_name, "test")
-    specs, draws = [], {}
+    specs, draws, skipped = [], {}, {}
     for r in chosen:
         pool, filters = pools[r], judgements[r]["filters"]
-        n = arms_mod.synthetic_per_class(
+        n, skipped[r] = arms_mod.synthetic_per_class(
             arm_list, pool.ids, pool.labels, filters, len(classes), cfg.synthetic_cap
         )
         draws[r] = n
         for index, arm in enumerate(arm_list):
+            if arm.name in skipped[r]:
+                continue
             eligible = arms_mod.eligible(arm, pool.ids, pool.labels, filters)
             for seed in range(cfg.seeds):
                 ids = arms_mod.draw(index, seed, eligible, n) if arm.synthetic and n else []
@@ -212,6 +219,7 @@ def run_study(cfg: StudyConfig) -> Path:
             regimes={r: asdict(g) for r, g in chosen.items()},
             models=models,
             synthetic_per_class=draws,
+            skipped_arms=skipped,
             pool_seconds={r: judgements[r]["seconds"] for r in chosen},
             arms=[asdict(a) for a in arm_list],
             results=results,

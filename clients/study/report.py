@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +38,7 @@ class Study:
     tests: dict
     timings: dict
     test_counts: dict
+    skipped_arms: dict = field(default_factory=dict)
 
 
 def _value(result: dict, split: str, metric: str, minority: str) -> float:
@@ -61,6 +62,8 @@ def summarise(study: Study) -> dict:
     for regime in study.regimes:
         for split in splits:
             for arm in arm_names:
+                if not _series(study, regime, arm, split, "accuracy"):
+                    continue  # not trained (skipped) in this regime
                 row = {}
                 for metric in METRICS:
                     values = _series(study, regime, arm, split, metric)
@@ -116,6 +119,9 @@ def verdict_lines(study: Study, table: dict) -> list[str]:
                             f"{_fmt(d['high'])}])"
                         )
                 lines.append(f"- {regime}, {split.replace('_', '-')}: {arm} " + "; ".join(parts))
+    for regime, arms in study.skipped_arms.items():
+        for arm, reason in arms.items():
+            lines.append(f"- {regime}: {arm} was not trained: {reason}")
     return lines
 
 
@@ -262,6 +268,13 @@ def _provenance(study: Study) -> list[str]:
         f"{rec['batch_size']} | see runs/ |"
     )
     return lines
+
+
+PHASES = ("conditions + VAE", "regime models", "synthesis", "classifiers", "audit", "report")
+
+
+def _phase_order(timings: dict) -> list[str]:
+    return sorted(timings, key=lambda k: (PHASES.index(k) if k in PHASES else len(PHASES), k))
 
 
 def write(study: Study, folder: Path) -> Path:
@@ -431,7 +444,7 @@ def write(study: Study, folder: Path) -> Path:
         "",
         "| phase | minutes |",
         "|---|---|",
-        *[f"| {k} | {v / 60:.1f} |" for k, v in study.timings.items()],
+        *[f"| {k} | {study.timings[k] / 60:.1f} |" for k in _phase_order(study.timings)],
         f"| total | {sum(study.timings.values()) / 60:.1f} |",
         "",
     ]

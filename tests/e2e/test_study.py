@@ -17,6 +17,7 @@ import pytest
 
 from clients import cli
 from clients.local_cluster import available_services
+from clients.study.arms import DEFAULT_ARMS
 from clients.study.synthesis import SERVICES
 from services.data import layout
 from services.data.phantoms_hard import HARD_NAME, generate_hard_benchmark, ood_name
@@ -84,7 +85,20 @@ def test_a_tiny_study_runs_every_phase_and_writes_the_report(tmp_path):
         assert (out / "report" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     results = json.loads((out / "report" / "results.json").read_text())
     runs = results["results"]
-    assert len(runs) == 2 * 6 * 2  # regimes x default arms x seeds
+    for regime in ("low", "full"):
+        # Arms whose filter kept under 2 clips of a class (likely, from a seconds-old
+        # generator) are skipped and said so; the others ran with both seeds.
+        skipped = results["skipped_arms"][regime]
+        trained = {r["arm"] for r in runs if r["regime"] == regime}
+        assert trained | set(skipped) == set(DEFAULT_ARMS) and not trained & set(skipped)
+        assert {"a-real", "b-conventional", "c-unfiltered"} <= trained
+        assert sum(r["regime"] == regime for r in runs) == 2 * len(trained)
+        for arm in skipped:
+            assert f"- {regime}: {arm} was not trained: its filter kept" in text
+    synthetic = [r for r in runs if r["arm"] == "c-unfiltered"]
+    assert all(
+        r["synthetic_clips"] == 3 * results["synthetic_per_class"][r["regime"]] for r in synthetic
+    )
     for run in runs:
         for split in ("in_domain", "out_of_domain"):
             assert 0.0 <= run[split]["macro_f1"] <= 1.0 and run[split]["n"] > 0

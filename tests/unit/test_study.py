@@ -52,9 +52,17 @@ def test_every_synthetic_arm_gets_the_same_class_balanced_count():
     labels = np.array([c for c in range(2) for _ in range(5)])
     filters = _filters({"c0-0", "c0-1", "c0-2", "c1-3", "c1-4"}, ids)
     chosen = arms.arms_named(arms.DEFAULT_ARMS)
-    n = arms.synthetic_per_class(chosen, ids, labels, filters, 2)
-    assert n == 2  # class 1 keeps 2 under every filter
-    assert arms.synthetic_per_class(chosen, ids, labels, filters, 2, cap=1) == 1
+    n, skipped = arms.synthetic_per_class(chosen, ids, labels, filters, 2)
+    assert (n, skipped) == (2, {})  # class 1 keeps 2 under every filter
+    assert arms.synthetic_per_class(chosen, ids, labels, filters, 2, cap=1) == (1, {})
+    # A filter that keeps almost nothing of a class is skipped, not allowed to shrink every arm.
+    strict = dict(filters, **{"real-band": _filters({"c0-0", "c1-0"}, ids)["real-band"]})
+    n_strict, skipped = arms.synthetic_per_class(chosen, ids, labels, strict, 2)
+    assert (
+        n_strict == 2
+        and list(skipped) == ["e-real-band"]
+        and "kept 1 clip" in skipped["e-real-band"]
+    )
     unfiltered = arms.eligible(chosen[2], ids, labels, filters)
     filtered = arms.eligible(chosen[3], ids, labels, filters)
     assert len(unfiltered[1]) == 5 and filtered[1] == ["c1-3", "c1-4"]
