@@ -11,7 +11,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: demo test lint protos install clean models soak
+.PHONY: demo test lint protos install clean models soak study
 
 demo: install
 	$(VENV)/bin/genaug demo
@@ -34,6 +34,12 @@ soak: install
 # 80 min on 2 CPU cores; resumable) and install them into deploy/model-repository.
 models: install
 	$(VENV)/bin/genaug train all --export deploy/model-repository --threads 1
+
+# Does augmentation help? `genaug study` on the bundled hard benchmark: both regimes' models,
+# synthesis through the services, 6 arms x 5 seeds x 2 regimes, report in runs/study/report
+# (planned for 60 min on 2 CPU cores; resumable; STUDY_ARGS passes flags, e.g. --budget-minutes).
+study: install
+	$(VENV)/bin/genaug study --out runs/study $(STUDY_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check .

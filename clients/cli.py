@@ -44,6 +44,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "augment": ("clients.augment", "build an augmented dataset on demand"),
     "train": ("services.models.training.cli", "train the VAE, LDM, sequence LDM or classifier"),
     "export-onnx": ("services.models.onnx_export", "export the VAE and prior encoder to ONNX"),
+    "study": ("clients.study", "measure the augmentation gain, with confidence intervals"),
 }
 
 _BACKTICKED = re.compile(r"`([a-z][a-z0-9_]*)`")

@@ -14,7 +14,11 @@ from genaug.v1 import filter_pb2 as pb
 from genaug.v1 import filter_pb2_grpc
 
 # `band_scope` -> FilterOptions.BandScope.
-BAND_SCOPES = {"pool": pb.FilterOptions.BAND_SCOPE_POOL, "class": pb.FilterOptions.BAND_SCOPE_CLASS}
+BAND_SCOPES = {
+    "pool": pb.FilterOptions.BAND_SCOPE_POOL,
+    "class": pb.FilterOptions.BAND_SCOPE_CLASS,
+    "reference": pb.FilterOptions.BAND_SCOPE_REFERENCE,
+}
 
 
 @dataclass(frozen=True)
@@ -42,10 +46,14 @@ class ClipVerdict:
     vae_seq: float
     max_duplicate_similarity: float
     reasons: tuple[str, ...]
+    # Pixel-space distance to the nearest reference clip and its id (-1.0, "" without them).
+    nearest_reference_distance: float = -1.0
+    nearest_reference_id: str = ""
 
     @property
     def rejected_by(self) -> str | None:
-        """ "semantic", "sequential" or "duplicate" for a rejected clip (its first reason)."""
+        """ "semantic", "sequential", "duplicate" or "memorisation" for a rejected clip (its
+        first reason)."""
         if self.keep:
             return None
         first = next((r for r in self.reasons if not r.startswith("note:")), "")
@@ -72,6 +80,8 @@ class FilterResult:
     vae_seq_high: float
     # Per class label, in label order: the bands applied with band_scope "class" (else empty).
     class_bands: tuple[ClassBand, ...] = ()
+    # The memorisation level's calibrated threshold (-1.0 when no references were sent).
+    memorisation_threshold: float = -1.0
 
 
 class FilterClient:
@@ -89,12 +99,20 @@ class FilterClient:
         skip_duplicates: bool = False,
         band_scope: str = "pool",
         timeout: float | None = None,
+        references: Iterable[PoolClip] = (),
+        reference_band_quantile: float = 0.0,
+        check_memorisation: bool = False,
+        memorisation_quantile: float = 0.0,
     ) -> FilterResult:
         """The FilterPool RPC: verdicts for a pool; `clips` is consumed lazily (a generator keeps
         one clip in memory).
 
         `band_scope`: "pool" (the reference) fits the sequential VAE-Seq band on the whole pool;
-        "class" fits one per class label, each clip judged against its class's band.
+        "class" fits one per class label, each clip judged against its class's band;
+        "reference" takes each class's band from the `references`' own VAE-Seq quantiles.
+        `references`: real training clips (case_id = patient, label = class), sent before the
+        pool; they also give every verdict its nearest-reference distance and, with
+        `check_memorisation`, reject near-copies (0 quantiles mean the service's defaults).
         """
         if band_scope not in BAND_SCOPES:
             raise ValueError(f"band_scope must be one of {tuple(BAND_SCOPES)}, got {band_scope!r}")
@@ -105,14 +123,22 @@ class FilterClient:
             skip_sequential=skip_sequential,
             skip_duplicates=skip_duplicates,
             sequential_band_scope=BAND_SCOPES[band_scope],
+            reference_band_quantile=reference_band_quantile,
+            check_memorisation=check_memorisation,
+            memorisation_quantile=memorisation_quantile,
         )
+
+        def message(c: PoolClip) -> pb.PoolClip:
+            part = pb.PoolClip(clip_id=c.clip_id, case_id=c.case_id, label=int(c.label))
+            wire.to_proto(np.asarray(c.clip, np.float32), part.clip)
+            return part
 
         def requests() -> Iterator[pb.FilterPoolRequest]:
             yield pb.FilterPoolRequest(options=options)
+            for r in references:
+                yield pb.FilterPoolRequest(reference=message(r))
             for c in clips:
-                message = pb.PoolClip(clip_id=c.clip_id, case_id=c.case_id, label=int(c.label))
-                wire.to_proto(np.asarray(c.clip, np.float32), message.clip)
-                yield pb.FilterPoolRequest(clip=message)
+                yield pb.FilterPoolRequest(clip=message(c))
 
         reply = self._stub.FilterPool(requests(), timeout=timeout)
         return FilterResult(
@@ -124,6 +150,8 @@ class FilterClient:
                     float(v.vae_seq),
                     float(v.max_duplicate_similarity),
                     tuple(v.reasons),
+                    float(v.nearest_reference_distance),
+                    v.nearest_reference_id,
                 )
                 for v in reply.verdicts
             ],
@@ -133,4 +161,5 @@ class FilterClient:
                 ClassBand(int(b.label), float(b.low), float(b.high), bool(b.applied), b.note)
                 for b in reply.class_bands
             ),
+            float(reply.memorisation_threshold),
         )

@@ -15,6 +15,10 @@ myocardium does. Per patient, position, size, ellipticity, heart period and phas
 Everything is drawn from `numpy.random.default_rng` seeded per patient, so the same seed gives
 byte-identical files. Defaults (64x64, 8-frame clips, 91 patients, 2 clips each) give about 144
 train and 38 test clips in a couple of seconds.
+
+`PhantomStyle` holds the acquisition (gain, speckle, noise, field of view, frame rate) and the
+spread of the per-patient jitter; its defaults are the bundled Phantom's. Other styles and class
+ranges make other benchmarks from the same code (`services.data.phantoms_hard`).
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import fcntl
 import logging
 import math
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import cv2
@@ -56,6 +60,55 @@ _CLASS_RANGES: dict[str, dict[str, tuple[float, float]]] = {
     "DCM": {"cavity": (14.5, 17.0), "wall": (2.2, 3.2), "contraction": (0.06, 0.13),
             "asymmetry": (0.25, 0.5)},
 }  # fmt: skip
+ClassRanges = dict[str, dict[str, tuple[float, float]]]
+BUNDLED_CLASS_RANGES: ClassRanges = _CLASS_RANGES
+"""The bundled classes' attribute ranges (other benchmarks derive theirs from them)."""
+
+
+@dataclass(frozen=True)
+class PhantomStyle:
+    """Acquisition and per-patient variation of a phantom dataset; the defaults are the bundled
+    Phantom's (lengths in pixels at 64 px).
+
+    Attributes:
+        position_jitter: Heart centre jitter, uniform in +-this.
+        scale_range, ellipticity_range: Per-patient heart size factor and ellipticity.
+        myo_level_range: Myocardial echo level.
+        period_range: Heart period in frames (a lower frame rate means fewer frames per beat).
+        speckle_sigma: Speckle grain (Gaussian sigma of the complex noise).
+        speckle_depth: Depth of speckle modulation of the tissue.
+        speckle_frame_share: Share of the speckle drawn anew in every frame.
+        noise_std: Additive noise.
+        attenuation: Loss of brightness from the top to the bottom of the image.
+        gain: Overall gain.
+        zoom: Field of view: below 1 a wider field (the heart smaller), above 1 a narrower one.
+        fan_degrees: Half-angle of the ultrasound fan.
+        patient_spread: Extra per-patient variation, each drawn from its own stream so the
+            defaults (all zero) leave the bundled dataset unchanged: `gain` (log-normal sigma),
+            `noise` (relative, uniform +-), `speckle` (relative grain size, uniform +-).
+    """
+
+    position_jitter: float = 4.0
+    scale_range: tuple[float, float] = (0.92, 1.08)
+    ellipticity_range: tuple[float, float] = (0.9, 1.1)
+    myo_level_range: tuple[float, float] = (0.7, 0.82)
+    period_range: tuple[float, float] = (9.0, 13.0)
+    speckle_sigma: float = 2.5
+    speckle_depth: float = 0.4
+    speckle_frame_share: float = 0.1
+    noise_std: float = 0.01
+    attenuation: float = 0.35
+    gain: float = 1.0
+    zoom: float = 1.0
+    fan_degrees: float = 42.0
+    patient_spread: dict[str, float] = field(default_factory=dict)
+
+    def describe(self) -> dict[str, object]:
+        """The style as JSON-serialisable values (for the dataset manifest)."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+
+DEFAULT_STYLE = PhantomStyle()
 
 
 @dataclass(frozen=True)
@@ -79,10 +132,15 @@ class PhantomAttributes:
         return {k: round(v, 4) if isinstance(v, float) else v for k, v in values.items()}
 
 
-def sample_attributes(cls: str, patient_seed: int) -> PhantomAttributes:
+def sample_attributes(
+    cls: str,
+    patient_seed: int,
+    class_ranges: ClassRanges | None = None,
+    style: PhantomStyle = DEFAULT_STYLE,
+) -> PhantomAttributes:
     """Draw one patient's attributes for class `cls` from its own seed."""
     rng = np.random.default_rng(patient_seed)
-    ranges = _CLASS_RANGES[cls]
+    ranges = (class_ranges or _CLASS_RANGES)[cls]
     return PhantomAttributes(
         cls=cls,
         patient_seed=patient_seed,
@@ -90,7 +148,7 @@ def sample_attributes(cls: str, patient_seed: int) -> PhantomAttributes:
         wall_thickness=float(rng.uniform(*ranges["wall"])),
         contraction=float(rng.uniform(*ranges["contraction"])),
         asymmetry=float(rng.uniform(*ranges["asymmetry"])),
-        period=float(rng.uniform(9.0, 13.0)),
+        period=float(rng.uniform(*style.period_range)),
         phase=float(rng.uniform(0.0, 2.0 * math.pi)),
         n_frames=int(rng.integers(16, 21)),
     )
@@ -134,17 +192,32 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-x))
 
 
-def render_sequence(attrs: PhantomAttributes, size: int = 64) -> np.ndarray:
+def _patient_factors(attrs: PhantomAttributes, style: PhantomStyle) -> tuple[float, float, float]:
+    """(gain, noise, speckle grain) factors of `style.patient_spread`, from their own stream."""
+    spread = style.patient_spread
+    if not spread:
+        return 1.0, 1.0, 1.0
+    rng = np.random.default_rng([attrs.patient_seed, 2])
+    gain = float(np.exp(rng.normal(0.0, spread.get("gain", 0.0))))
+    noise = 1.0 + float(rng.uniform(-1.0, 1.0)) * spread.get("noise", 0.0)
+    grain = 1.0 + float(rng.uniform(-1.0, 1.0)) * spread.get("speckle", 0.0)
+    return gain, noise, grain
+
+
+def render_sequence(
+    attrs: PhantomAttributes, size: int = 64, style: PhantomStyle = DEFAULT_STYLE
+) -> np.ndarray:
     """Render one patient's cine as float32 (T, size, size) in [0, 1]."""
     rng = np.random.default_rng([attrs.patient_seed, 1])
+    gain, noise, grain = _patient_factors(attrs, style)
     k = size / 64.0
-    jitter = rng.uniform(-4.0, 4.0, 2) * k
+    jitter = rng.uniform(-style.position_jitter, style.position_jitter, 2) * k
     cx, cy = size * 0.5 + jitter[0], size * 0.56 + jitter[1]
-    scale = rng.uniform(0.92, 1.08) * k
-    ellipticity = rng.uniform(0.9, 1.1)
+    scale = rng.uniform(*style.scale_range) * k * style.zoom
+    ellipticity = rng.uniform(*style.ellipticity_range)
     angle = rng.uniform(0.0, math.pi)
     weak_wall = rng.uniform(-math.pi, math.pi)
-    myo_level = rng.uniform(0.7, 0.82)
+    myo_level = rng.uniform(*style.myo_level_range)
 
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) + 0.5
     dx, dy = xx - cx, yy - cy
@@ -175,24 +248,36 @@ def render_sequence(attrs: PhantomAttributes, size: int = 64) -> np.ndarray:
     )
     # Speckle at the resolution cell of a low-frequency probe (grains of about 5 px at 64 px),
     # mostly fixed per patient with a small per-frame part, at 40% depth of modulation.
-    speckle = 0.9 * _speckle(rng, (size, size), 2.5 * k) + 0.1 * _speckle(
-        rng, (attrs.n_frames, size, size), 2.5 * k
+    grain_sigma = style.speckle_sigma * grain * k
+    share = style.speckle_frame_share
+    speckle = (1.0 - share) * _speckle(rng, (size, size), grain_sigma) + share * _speckle(
+        rng, (attrs.n_frames, size, size), grain_sigma
     )
-    image = image * (0.6 + 0.4 * speckle) * (1.0 - 0.35 * yy / size)
-    image = image + rng.normal(0.0, 0.01, image.shape).astype(np.float32)
-    # Ultrasound fan: apex above the top edge, +-42 degrees around the vertical.
+    depth = style.speckle_depth
+    image = image * ((1.0 - depth) + depth * speckle) * (1.0 - style.attenuation * yy / size)
+    if style.gain * gain != 1.0:
+        image = image * np.float32(style.gain * gain)
+    image = image + rng.normal(0.0, style.noise_std * noise, image.shape).astype(np.float32)
+    # Ultrasound fan: apex above the top edge, +-fan_degrees around the vertical.
     ax, ay = size * 0.5, -0.12 * size
     fan_angle = np.abs(np.arctan2(xx - ax, yy - ay))
     fan_radius = np.hypot(xx - ax, yy - ay)
-    fan = _sigmoid((math.radians(42) - fan_angle) * 40.0) * _sigmoid((1.2 * size - fan_radius) / k)
+    fan = _sigmoid((math.radians(style.fan_degrees) - fan_angle) * 40.0) * _sigmoid(
+        (1.2 * size - fan_radius) / k
+    )
     return np.clip(image * fan, 0.0, 1.0).astype(np.float32)
 
 
 def phantom_manifest(
-    seed: int, size: int, patients_per_class: dict[str, int], frames_per_clip: int
+    seed: int,
+    size: int,
+    patients_per_class: dict[str, int],
+    frames_per_clip: int,
+    variant: dict[str, object] | None = None,
 ) -> dict[str, object]:
-    """The manifest keys that identify a phantom dataset (compared by `ensure_bundled_dataset`)."""
-    return {
+    """The manifest keys that identify a phantom dataset (compared by `ensure_bundled_dataset`);
+    `variant` (another benchmark's ranges and style) is recorded when given."""
+    manifest: dict[str, object] = {
         "generator": GENERATOR,
         "generator_version": GENERATOR_VERSION,
         "seed": seed,
@@ -200,6 +285,9 @@ def phantom_manifest(
         "patients_per_class": dict(patients_per_class),
         "frames_per_clip": frames_per_clip,
     }
+    if variant is not None:
+        manifest["variant"] = variant
+    return manifest
 
 
 def generate_phantom_dataset(
@@ -213,6 +301,9 @@ def generate_phantom_dataset(
     test_fraction: float = 0.2,
     overwrite: bool = True,
     progress: bool = False,
+    class_ranges: ClassRanges | None = None,
+    style: PhantomStyle = DEFAULT_STYLE,
+    variant: str | None = None,
 ) -> builder.Summary:
     """Generate the phantom dataset in the seed layout under `root`.
 
@@ -230,6 +321,10 @@ def generate_phantom_dataset(
         test_fraction: share of each class's patients in `test`.
         overwrite: replace an existing dataset of the same name.
         progress: show a tqdm bar.
+        class_ranges: per-class attribute ranges (default: the bundled ones).
+        style: acquisition and per-patient variation (default: the bundled one).
+        variant: name of a non-bundled benchmark; it salts the patients' pseudonyms and the
+            manifest records it with its ranges and style.
 
     Returns:
         The dataset summary.
@@ -238,20 +333,25 @@ def generate_phantom_dataset(
     if not 2 <= frames_per_clip <= 16:
         raise InvalidArgument("frames_per_clip", "phantom cines have 16-20 frames: use 2-16")
     counts = dict(patients_per_class or PATIENTS_PER_CLASS)
-    if not counts or set(counts) - set(_CLASS_RANGES) or min(counts.values()) < 1:
-        raise InvalidArgument("patients_per_class", f"use classes from {sorted(_CLASS_RANGES)}")
+    ranges = class_ranges or _CLASS_RANGES
+    if not counts or set(counts) - set(ranges) or min(counts.values()) < 1:
+        raise InvalidArgument("patients_per_class", f"use classes from {sorted(ranges)}")
     sampling = SamplingConfig(frames_per_clip, 0, frames_per_clip, 2)
     master = np.random.default_rng(seed)
     jobs = [(cls, index) for cls in counts for index in range(counts[cls])]
     patient_seeds = master.integers(0, 2**31 - 1, size=len(jobs))
-    manifest = phantom_manifest(seed, size, counts, frames_per_clip)
+    described = None
+    if variant is not None:
+        described = {"name": variant, "class_ranges": ranges, "style": style.describe()}
+    manifest = phantom_manifest(seed, size, counts, frames_per_clip, described)
+    family = GENERATOR if variant is None else f"{GENERATOR}/{variant}"
     with builder.DatasetWriter(root, name, sampling=sampling, overwrite=overwrite) as writer:
         for (cls, index), patient_seed in tqdm(
             list(zip(jobs, patient_seeds, strict=True)), desc="phantoms", disable=not progress
         ):
-            attrs = sample_attributes(cls, int(patient_seed))
-            frames = to_uint8(render_sequence(attrs, size))
-            patient = pseudonym(f"{GENERATOR}/{seed}/{cls}/{index}")
+            attrs = sample_attributes(cls, int(patient_seed), ranges, style)
+            frames = to_uint8(render_sequence(attrs, size, style))
+            patient = pseudonym(f"{family}/{seed}/{cls}/{index}")
             writer.add_sequence(
                 frames,
                 cls=cls,

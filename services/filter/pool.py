@@ -41,6 +41,7 @@ KMEANS_SEED = 3407
 DEFAULT_ALPHA = 1.0
 DEFAULT_DUPLICATE_THRESHOLD = 0.98
 BAND_SCOPES = ("pool", "class")
+REFERENCE_SCOPE = "reference"  # bands given by the caller, not fitted on the pool
 _NORM_FLOOR = 1e-12
 
 
@@ -84,7 +85,9 @@ class PoolOptions:
         semantic, sequential, duplicates: Whether each level may reject.
         k, seed: The K-means of the sequential band.
         band_scope: "pool" (the reference): one sequential band over the whole pool; "class":
-            one band per class label, fitted on that class's clips.
+            one band per class label, fitted on that class's clips; "reference": the per-class
+            bands given in `reference_bands` (from real clips: `services.filter.reference_band`).
+        reference_bands: (label, Band) pairs for band_scope "reference".
     """
 
     alpha: float = DEFAULT_ALPHA
@@ -95,10 +98,14 @@ class PoolOptions:
     k: int = K
     seed: int = KMEANS_SEED
     band_scope: str = "pool"
+    reference_bands: tuple[tuple[int, Band], ...] = ()
 
     def __post_init__(self) -> None:
-        if self.band_scope not in BAND_SCOPES:
-            raise ValueError(f"band_scope must be one of {BAND_SCOPES}, got {self.band_scope!r}")
+        if self.band_scope not in (*BAND_SCOPES, REFERENCE_SCOPE):
+            raise ValueError(
+                f"band_scope must be one of {BAND_SCOPES} or {REFERENCE_SCOPE!r} (with "
+                f"reference_bands), got {self.band_scope!r}"
+            )
 
 
 @dataclass
@@ -230,13 +237,19 @@ def judge_pool(clips: Sequence[ClipScores], options: PoolOptions | None = None) 
     # the other levels say. The pool-wide band is always fitted and reported.
     band = vae_seq_band([c.vae_seq for c in clips], opts.k, opts.seed)
     class_bands: dict[int, Band] = {}
-    if opts.band_scope == "class":
+    if opts.band_scope in ("class", REFERENCE_SCOPE):
         by_label: dict[int, list[int]] = {}
         for i, c in enumerate(clips):
             by_label.setdefault(int(c.label), []).append(i)
+        given = dict(opts.reference_bands)
         for label in sorted(by_label):
             values = [clips[i].vae_seq for i in by_label[label]]
-            class_bands[label] = vae_seq_band(values, opts.k, opts.seed, label)
+            if opts.band_scope == "class":
+                class_bands[label] = vae_seq_band(values, opts.k, opts.seed, label)
+            else:
+                class_bands[label] = given.get(label) or Band(
+                    -math.inf, math.inf, False, note=f"note: no reference band for class {label}"
+                )
         groups = [(by_label[b], class_bands[b], f"class {b} band") for b in sorted(by_label)]
     else:
         groups = [(range(len(clips)), band, "band")]

@@ -2,23 +2,32 @@
 
 The stream is FilterOptions first, then one PoolClip per clip. Each clip is validated and scored
 as it arrives (only its small latent vectors are kept), so a large pool never sits in memory as
-clips; the pool-level thresholds are decided once the stream ends.
+clips; the pool-level thresholds are decided once the stream ends. Real training clips may come
+as `reference` parts (kept as small signatures): they calibrate the per-class reference band and
+the optional memorisation level (`services.filter.memorisation`), which runs last.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field, replace
+
+import numpy as np
 
 from genaug import wire
 from genaug.deadline import Deadline
 from genaug.errors import InvalidArgument
 from genaug.v1 import filter_pb2 as pb
 from genaug.v1 import filter_pb2_grpc
-from services.filter import metrics, pool
+from services.filter import memorisation, metrics, pool, reference_band
 from services.filter.scorer import PoolScorer
 
 # FilterOptions.BandScope -> PoolOptions.band_scope.
-BAND_SCOPES = {pb.FilterOptions.BAND_SCOPE_POOL: "pool", pb.FilterOptions.BAND_SCOPE_CLASS: "class"}
+BAND_SCOPES = {
+    pb.FilterOptions.BAND_SCOPE_POOL: "pool",
+    pb.FilterOptions.BAND_SCOPE_CLASS: "class",
+    pb.FilterOptions.BAND_SCOPE_REFERENCE: "reference",
+}
 
 
 def options_from_proto(message: pb.FilterOptions) -> pool.PoolOptions:
@@ -38,8 +47,8 @@ def options_from_proto(message: pb.FilterOptions) -> pool.PoolOptions:
     if scope is None:
         raise InvalidArgument(
             "options.sequential_band_scope",
-            f"is {message.sequential_band_scope}; expected BAND_SCOPE_POOL (0) or "
-            "BAND_SCOPE_CLASS (1)",
+            f"is {message.sequential_band_scope}; expected BAND_SCOPE_POOL (0), "
+            "BAND_SCOPE_CLASS (1) or BAND_SCOPE_REFERENCE (2)",
         )
     return pool.PoolOptions(
         alpha=alpha or pool.DEFAULT_ALPHA,
@@ -48,6 +57,35 @@ def options_from_proto(message: pb.FilterOptions) -> pool.PoolOptions:
         sequential=not message.skip_sequential,
         duplicates=not message.skip_duplicates,
         band_scope=scope,
+    )
+
+
+@dataclass
+class References:
+    """The real clips sent with a pool: their signatures, and VAE-Seq when a band needs it."""
+
+    band_quantile: float
+    check_memorisation: bool
+    memorisation_quantile: float
+    ids: list[str] = field(default_factory=list)
+    cases: list[str] = field(default_factory=list)
+    labels: list[int] = field(default_factory=list)
+    vae_seq: list[float] = field(default_factory=list)
+    signatures: list[np.ndarray] = field(default_factory=list)
+
+
+def references_from_proto(message: pb.FilterOptions) -> References:
+    """The reference-clip options of FilterOptions; 0 (unset) means the default."""
+    band_q = round(float(message.reference_band_quantile), 6)
+    if not 0 <= band_q < 0.5:
+        raise InvalidArgument("options.reference_band_quantile", f"is {band_q}; expected [0, 0.5)")
+    memo_q = round(float(message.memorisation_quantile), 6)
+    if not 0 <= memo_q < 1:
+        raise InvalidArgument("options.memorisation_quantile", f"is {memo_q}; expected [0, 1)")
+    return References(
+        band_q or reference_band.DEFAULT_QUANTILE,
+        bool(message.check_memorisation),
+        memo_q or memorisation.DEFAULT_QUANTILE,
     )
 
 
@@ -61,8 +99,11 @@ class FilterServicer(filter_pb2_grpc.FilterServicer):
     def FilterPool(self, request_iterator, context):
         deadline = Deadline.from_context(context)
         options: pool.PoolOptions | None = None
+        refs: References | None = None
         scores: list[pool.ClipScores] = []
+        signatures: list[np.ndarray] = []
         first_index: dict[str, int] = {}
+        first_reference: dict[str, int] = {}
         shape: tuple[int, ...] | None = None
         for index, request in enumerate(request_iterator):
             part = request.WhichOneof("part")
@@ -73,10 +114,17 @@ class FilterServicer(filter_pb2_grpc.FilterServicer):
                         "the first message must be FilterOptions (an empty one for defaults)",
                     )
                 options = options_from_proto(request.options)
+                refs = references_from_proto(request.options)
+                continue
+            if part == "reference":
+                shape = self._add_reference(
+                    request.reference, refs, options, shape, first_reference, deadline
+                )
                 continue
             if part != "clip":
                 raise InvalidArgument(
-                    f"requests[{index}]", "after the options, every message must be a clip"
+                    f"requests[{index}]",
+                    "after the options, every message must be a clip or a reference",
                 )
             i = len(scores)
             if i >= self.max_clips:
@@ -87,6 +135,7 @@ class FilterServicer(filter_pb2_grpc.FilterServicer):
             clip = self._validated_clip(clip_msg, i, shape, first_index)
             shape = clip.shape
             result = self.scorer.score_clip(clip, deadline)
+            signatures.append(memorisation.signature(clip))
             ce = pool.cross_entropy(result.logits[None], [clip_msg.label])[0]
             scores.append(
                 pool.ClipScores(
@@ -104,19 +153,35 @@ class FilterServicer(filter_pb2_grpc.FilterServicer):
         if not scores:
             raise InvalidArgument("clips", "the pool has no clips")
         deadline.check("pool decisions")
-        outcome = pool.judge_pool(scores, options)
-        metrics.record(outcome, options)
-        return _response(outcome)
+        return _decide(scores, signatures, options, refs)
 
-    def _validated_clip(self, clip_msg, i: int, shape, first_index: dict[str, int]):
-        """Checks ids, label and tensor of `clips[i]`; returns the clip array."""
-        field = f"clips[{i}]"
+    def _add_reference(self, message, refs, options, shape, first_reference, deadline):
+        """Validates and records one reference clip (its VAE-Seq only if a band needs it);
+        returns its shape (every clip and reference must share it)."""
+        j = len(refs.ids)
+        if j >= self.max_clips:
+            raise InvalidArgument("references", f"more than {self.max_clips} reference clips")
+        clip = self._validated_clip(message, j, shape, first_reference, "references")
+        if options.band_scope == "reference":
+            refs.vae_seq.append(self.scorer.score_clip(clip, deadline).vae_seq)
+        refs.ids.append(message.clip_id)
+        refs.cases.append(message.case_id)
+        refs.labels.append(int(message.label))
+        refs.signatures.append(memorisation.signature(clip))
+        first_reference[message.clip_id] = j
+        return clip.shape
+
+    def _validated_clip(
+        self, clip_msg, i: int, shape, first_index: dict[str, int], kind: str = "clips"
+    ):
+        """Checks ids, label and tensor of `<kind>[i]`; returns the clip array."""
+        field = f"{kind}[{i}]"
         if not clip_msg.clip_id:
             raise InvalidArgument(f"{field}.clip_id", "is empty")
         earlier = first_index.get(clip_msg.clip_id)
         if earlier is not None:
             raise InvalidArgument(
-                f"{field}.clip_id", f"{clip_msg.clip_id!r} was already used by clips[{earlier}]"
+                f"{field}.clip_id", f"{clip_msg.clip_id!r} was already used by {kind}[{earlier}]"
             )
         if not clip_msg.case_id:
             raise InvalidArgument(f"{field}.case_id", "is empty")
@@ -133,7 +198,35 @@ class FilterServicer(filter_pb2_grpc.FilterServicer):
         return clip
 
 
-def _response(outcome: pool.PoolResult) -> pb.FilterPoolResponse:
+def _decide(scores, signatures, options: pool.PoolOptions, refs: References):
+    """The pool's verdicts: the pool levels, then the memorisation level when asked for."""
+    if (options.band_scope == "reference" or refs.check_memorisation) and not refs.ids:
+        raise InvalidArgument(
+            "references", "BAND_SCOPE_REFERENCE and check_memorisation need reference clips"
+        )
+    if options.band_scope == "reference":
+        bands = reference_band.reference_bands(refs.vae_seq, refs.labels, refs.band_quantile)
+        options = replace(options, reference_bands=tuple(bands.items()))
+    outcome = pool.judge_pool(scores, options)
+    nearest, threshold = None, -1.0
+    if refs.ids:
+        references = np.stack(refs.signatures)
+        distance, index = memorisation.nearest(np.stack(signatures), references)
+        nearest = (distance, [refs.ids[i] for i in index])
+        if refs.check_memorisation:
+            try:
+                threshold = memorisation.calibrate(
+                    references, refs.cases, refs.memorisation_quantile
+                )
+            except ValueError as error:
+                raise InvalidArgument("references", str(error)) from None
+            memorisation.apply_level(outcome.verdicts, *nearest, threshold)
+    metrics.record(outcome, options)
+    return _response(outcome, nearest, threshold)
+
+
+def _response(outcome: pool.PoolResult, nearest=None, threshold: float = -1.0):
+    distances, ids = nearest or ([-1.0] * len(outcome.verdicts), [""] * len(outcome.verdicts))
     return pb.FilterPoolResponse(
         verdicts=[
             pb.ClipVerdict(
@@ -143,8 +236,10 @@ def _response(outcome: pool.PoolResult) -> pb.FilterPoolResponse:
                 vae_seq=v.vae_seq,
                 max_duplicate_similarity=v.max_duplicate_similarity,
                 reasons=v.reasons,
+                nearest_reference_distance=float(d),
+                nearest_reference_id=r,
             )
-            for v in outcome.verdicts
+            for v, d, r in zip(outcome.verdicts, distances, ids, strict=True)
         ],
         vae_seq_low=outcome.band.low,
         vae_seq_high=outcome.band.high,
@@ -152,4 +247,5 @@ def _response(outcome: pool.PoolResult) -> pb.FilterPoolResponse:
             pb.ClassBand(label=label, low=b.low, high=b.high, applied=b.applied, note=b.note)
             for label, b in outcome.class_bands.items()
         ],
+        memorisation_threshold=threshold,
     )

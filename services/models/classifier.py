@@ -155,6 +155,21 @@ class VideoClassifier(nn.Module):
         self.dropout = nn.Dropout(cfg.dropout)
         self.head = nn.Linear(in_ch, cfg.num_classes)
 
+    def features(self, clips: torch.Tensor) -> torch.Tensor:
+        """Clip features: the globally pooled last stage, (B, widths[-1]) (what the head sees).
+
+        Args:
+            clips: (B, T, C, H, W) float.
+        """
+        if clips.ndim != 5 or clips.shape[2] != self.config.in_channels:
+            raise ValueError(
+                f"clips: expected (B, T, {self.config.in_channels}, H, W), got {tuple(clips.shape)}"
+            )
+        x = zscore(clips.float(), self.config.normalization)
+        x = x.permute(0, 2, 1, 3, 4)  # (B, C, T, H, W) for Conv3d
+        x = self.stages(self.stem(x))
+        return x.mean(dim=(2, 3, 4))
+
     def forward(self, clips: torch.Tensor) -> torch.Tensor:
         """Classifies clips.
 
@@ -164,15 +179,7 @@ class VideoClassifier(nn.Module):
         Returns:
             Logits (B, num_classes).
         """
-        if clips.ndim != 5 or clips.shape[2] != self.config.in_channels:
-            raise ValueError(
-                f"clips: expected (B, T, {self.config.in_channels}, H, W), got {tuple(clips.shape)}"
-            )
-        x = zscore(clips.float(), self.config.normalization)
-        x = x.permute(0, 2, 1, 3, 4)  # (B, C, T, H, W) for Conv3d
-        x = self.stages(self.stem(x))
-        x = x.mean(dim=(2, 3, 4))
-        return self.head(self.dropout(x))
+        return self.head(self.dropout(self.features(clips)))
 
     def save_pretrained(self, directory: str | Path) -> Path:
         """Writes `config.json` and `model.safetensors` into `directory` (created if needed)."""
