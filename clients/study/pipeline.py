@@ -83,7 +83,8 @@ class Timer:
 
 def _conditions(cfg: StudyConfig, files: set[str]) -> None:
     """Motion and prior of the training clips the regimes use (never the test split's)."""
-    from clients.conditions import InProcessBackend, condition_paths, precompute
+    from services.data.conditions import condition_paths, precompute
+    from services.models.conditions import InProcessConditions
 
     missing = [
         f
@@ -98,7 +99,7 @@ def _conditions(cfg: StudyConfig, files: set[str]) -> None:
             cfg.name,
             ["train"],
             ["motion", "prior"],
-            InProcessBackend("codec"),
+            InProcessConditions("codec"),
             progress=cfg.progress,
         )
 

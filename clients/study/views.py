@@ -14,7 +14,7 @@ import re
 import shutil
 from pathlib import Path
 
-from clients.conditions import condition_paths
+from services.data.conditions import condition_paths
 from services.data import builder, layout
 
 _CLIP_SUFFIX = re.compile(r"_s\d+\.avi$")
