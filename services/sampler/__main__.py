@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 
 from genaug.v1 import sampler_pb2, sampler_pb2_grpc
@@ -10,6 +11,7 @@ from services.common.server import ModelServer, TypedService
 from services.sampler.backend import SamplerBackend
 from services.sampler.engine import ContinuousBatchingEngine
 from services.sampler.limits import RequestLimits
+from services.sampler.result_cache import DEFAULT_MAX_BYTES
 from services.sampler.servicer import SamplerServicer, generate_threads
 
 
@@ -22,9 +24,11 @@ class SamplerRuntime:
         servicer: SamplerServicer,
         max_batch_size: int,
         max_queue: int,
+        result_cache: tuple[int, int] = (256, DEFAULT_MAX_BYTES),
     ):
         self.backend, self.servicer = backend, servicer
         self.max_batch_size, self.max_queue = max_batch_size, max_queue
+        self.result_cache = result_cache  # (entries, bytes) kept for retries
         self.engine: ContinuousBatchingEngine | None = None
 
     def load(self) -> None:
@@ -33,8 +37,13 @@ class SamplerRuntime:
 
     def warmup(self) -> None:
         self.backend.warmup()
+        entries, nbytes = self.result_cache
         self.engine = ContinuousBatchingEngine(
-            self.backend.sampler, self.max_batch_size, self.max_queue
+            self.backend.sampler,
+            self.max_batch_size,
+            self.max_queue,
+            completed_cache=entries,
+            completed_cache_bytes=nbytes,
         )
         self.servicer.engine = self.engine
 
@@ -51,10 +60,14 @@ class SamplerRuntime:
 
 
 def build_server(
-    config, backend: SamplerBackend, max_batch_size: int = 4, max_queue: int = 64
+    config,
+    backend: SamplerBackend,
+    max_batch_size: int = 4,
+    max_queue: int = 64,
+    result_cache: tuple[int, int] = (256, DEFAULT_MAX_BYTES),
 ) -> ModelServer:
     servicer = SamplerServicer(None, backend)
-    runtime = SamplerRuntime(backend, servicer, max_batch_size, max_queue)
+    runtime = SamplerRuntime(backend, servicer, max_batch_size, max_queue, result_cache)
     typed = TypedService(
         sampler_pb2.DESCRIPTOR.services_by_name["Sampler"].full_name,
         servicer,
@@ -84,6 +97,19 @@ def add_arguments(parser) -> None:
         default=64,
         help="waiting requests before RESOURCE_EXHAUSTED (default 64)",
     )
+    parser.add_argument(
+        "--result-cache-entries",
+        type=_at_least_zero(int),
+        default=256,
+        help="finished results kept for retries with the same request id (default 256)",
+    )
+    parser.add_argument(
+        "--result-cache-mib",
+        type=_at_least_zero(float),
+        default=DEFAULT_MAX_BYTES / 2**20,
+        help="most MiB those results may hold, decoded clips included; the oldest go first "
+        f"(default {DEFAULT_MAX_BYTES >> 20})",
+    )
     parser.add_argument("--default-steps", type=int, default=50, help="when a request sets 0")
     parser.add_argument(
         "--default-guidance",
@@ -112,6 +138,16 @@ def add_arguments(parser) -> None:
     )
 
 
+def _at_least_zero(kind):
+    def parse(text: str):
+        value = kind(text)
+        if value < 0:
+            raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+        return value
+
+    return parse
+
+
 def main(argv: list[str] | None = None) -> int:
     def build(config, args):
         backend = SamplerBackend(
@@ -125,7 +161,8 @@ def main(argv: list[str] | None = None) -> int:
             args.default_guidance,
             RequestLimits(max_frames=args.max_frames, max_frame_side=args.max_frame_side),
         )
-        return build_server(config, backend, args.max_batch_size, args.max_queue)
+        cache = (args.result_cache_entries, int(args.result_cache_mib * 2**20))
+        return build_server(config, backend, args.max_batch_size, args.max_queue, cache)
 
     return service_main("sampler", __doc__, build, add_arguments, argv)
 

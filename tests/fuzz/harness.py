@@ -30,6 +30,12 @@ class Tally:
         self.codes: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
         self.forbidden: list[str] = []
         self.rss_before_kib = _rss_kib()
+        self.rss_start_kib = self.rss_before_kib
+
+    def warmed_up(self) -> None:
+        """Take the memory baseline now: the first cases load models and fill the allocator's
+        pools once, which is not a leak; growth after this point would be."""
+        self.rss_before_kib = _rss_kib()
 
     def call(self, method: str, fn, request, timeout: float = 5.0) -> grpc.StatusCode:
         try:
@@ -56,6 +62,7 @@ class Tally:
             "codes": {m: dict(c) for m, c in sorted(self.codes.items())},
             "internal_or_unknown": len(self.forbidden),
             "health_after": status,
+            "rss_kib_start": self.rss_start_kib,
             "rss_kib_before": self.rss_before_kib,
             "rss_kib_after": _rss_kib(),
         }

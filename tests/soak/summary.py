@@ -17,7 +17,7 @@ from tests.e2e.test_faults import Outcome, format_matrix
 def fuzz_lines(folder: Path) -> list[str]:
     lines = [
         f"{'service':<18} {'cases':>6} {'INTERNAL/UNKNOWN':>16} {'health after':>12} "
-        f"{'RSS MiB before -> after':>24}  status codes"
+        f"{'RSS MiB start / warm -> after':>30}  status codes"
     ]
     total: Counter[str] = Counter()
     for path in sorted(folder.glob("fuzz-*.json")):
@@ -26,10 +26,14 @@ def fuzz_lines(folder: Path) -> list[str]:
         for per_method in s["codes"].values():
             codes.update(per_method)
         total.update(codes)
-        rss = f"{s['rss_kib_before'] / 1024:.0f} -> {s['rss_kib_after'] / 1024:.0f}"
+        start = s.get("rss_kib_start", s["rss_kib_before"])
+        rss = (
+            f"{start / 1024:.0f} / {s['rss_kib_before'] / 1024:.0f} -> "
+            f"{s['rss_kib_after'] / 1024:.0f}"
+        )
         lines.append(
             f"{s['service']:<18} {s['cases']:>6} {s['internal_or_unknown']:>16} "
-            f"{s['health_after']:>12} {rss:>24}  "
+            f"{s['health_after']:>12} {rss:>30}  "
             + ", ".join(f"{code} {n}" for code, n in codes.most_common())
         )
     lines.append("all: " + ", ".join(f"{code} {n}" for code, n in total.most_common()))

@@ -74,3 +74,25 @@ def test_engine_replays_within_the_byte_bound_and_recomputes_beyond_it():
         assert sampler.prepared == 3
     finally:
         engine.close()
+
+
+def test_the_sampler_flags_set_both_bounds_of_the_engines_cache():
+    import argparse
+    from types import SimpleNamespace
+
+    from services.sampler.__main__ import SamplerRuntime, add_arguments
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["--result-cache-entries", "7", "--result-cache-mib", "1.5"])
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--result-cache-mib", "-1"])
+    backend = SimpleNamespace(sampler=CountingSampler(), warmup=lambda: None)
+    bounds = (args.result_cache_entries, int(args.result_cache_mib * 2**20))
+    runtime = SamplerRuntime(backend, SimpleNamespace(engine=None), 2, 4, bounds)
+    runtime.warmup()
+    try:
+        assert runtime.engine._done.max_entries == 7
+        assert runtime.engine._done.max_bytes == 3 << 19
+    finally:
+        runtime.stop()
