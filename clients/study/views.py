@@ -14,8 +14,8 @@ import re
 import shutil
 from pathlib import Path
 
-from services.data.conditions import condition_paths
 from services.data import builder, layout
+from services.data.conditions import condition_paths
 
 _CLIP_SUFFIX = re.compile(r"_s\d+\.avi$")
 
