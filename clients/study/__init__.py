@@ -78,7 +78,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--synthetic-cap", type=int, help="at most this many synthetic clips per class and arm")
     a("--steps", type=int, default=25, help="DDIM steps per generated clip (default 25)")
     a("--guidance", type=float, default=3.0, help="classifier-free guidance (default 3)")
-    a("--classifier-steps", type=int, help="downstream classifier steps (default 240, scaled)")
+    a("--classifier-steps", type=int, help="downstream classifier steps (default 120, scaled)")
     a(
         "--workers",
         type=int,
