@@ -110,13 +110,16 @@ def test_no_internal_on_hostile_input(service, request):
                 tally.call(f"{path} (bytes)", raw, garbage)
 
         def run_cases(count: int) -> None:
+            def case(data):  # a fresh function each run: hypothesis applies settings once
+                one_case(data)
+
             given(st.data())(
                 settings(
                     max_examples=count,
                     deadline=None,
                     database=None,
                     suppress_health_check=list(HealthCheck),
-                )(one_case)
+                )(case)
             )()
 
         # A warm-up tenth first (models load, allocator pools fill), then the baseline.
