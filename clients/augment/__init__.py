@@ -23,11 +23,12 @@ __all__ = ["AugmentOptions", "add_arguments", "run", "run_options"]
 logger = logging.getLogger(__name__)
 
 
-def run_options(options: AugmentOptions):
-    """Run one shard of a job; returns its `JobResult`."""
+def run_options(options: AugmentOptions, generator=None):
+    """Run one shard of a job; returns its `JobResult`. `generator` is the checked generator
+    (`preflight.check_generator`), whose class ids the job then uses."""
     from clients.augment.job import run_job
 
-    return run_job(options)
+    return run_job(options, generator=generator)
 
 
 def _flags() -> dict[str, str]:
@@ -55,10 +56,21 @@ def run(args: argparse.Namespace) -> int:
     except GenaugError as error:
         print(f"genaug augment: {error}")
         return 1
+    try:  # the dataset's classes and domain against the generator's card, before any work
+        generator = preflight.check_generator(options, channel_settings(options))
+    except preflight.Refused as error:
+        print(f"genaug augment: {error}")
+        return 2
+    except (ValueError, OSError) as error:
+        print(f"genaug augment: {user_message(error, _flags())}")
+        return 2
+    except GenaugError as error:
+        print(f"genaug augment: {error}")
+        return 1
     from clients.augment.report import summary_lines
 
     try:
-        result = run_options(options)
+        result = run_options(options, generator)
     except JobFailed as error:
         print(f"genaug augment: stopped: {error}")
         print("finished work is kept; run the same command again to continue")

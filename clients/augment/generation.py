@@ -26,6 +26,7 @@ class GenerationSettings:
     solver: str
     deadline: float
     max_attempts: int
+    model: str = ""  # the generator (GenerateRequest.model); "" = the sampler's default
 
 
 def request_id(item: WorkItem, conditions, settings: GenerationSettings) -> str:
@@ -36,11 +37,10 @@ def request_id(item: WorkItem, conditions, settings: GenerationSettings) -> str:
     ...) never reuses an id, which the sampler would refuse.
     """
     digest = hashlib.sha256(conditions.SerializeToString(deterministic=True))
-    digest.update(
-        json.dumps(
-            [item.class_id, item.seed, settings.steps, settings.guidance, settings.solver]
-        ).encode()
-    )
+    key = [item.class_id, item.seed, settings.steps, settings.guidance, settings.solver]
+    if settings.model:  # only when named: ids of jobs from before --model stay the same
+        key.append(settings.model)
+    digest.update(json.dumps(key).encode())
     return f"{item.id}.{digest.hexdigest()[:12]}"
 
 
@@ -83,6 +83,7 @@ def generate_all(
                 batch=True,
                 request_id=rid,
                 timeout=settings.deadline,
+                **({"model": settings.model} if settings.model else {}),
             ),
             max_attempts=settings.max_attempts,
             stop=stop,

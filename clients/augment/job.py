@@ -41,6 +41,7 @@ from clients.augment.manifest import (
 from clients.augment.options import AugmentOptions, channel_settings
 from clients.augment.plan import WorkItem, build_plan, class_targets
 from clients.augment.plan import shard as shard_items
+from clients.augment.preflight import GeneratorPlan, dataset_name
 from clients.augment.progress import Progress
 from clients.augment.references import ReferenceConditions
 from clients.augment.replicas import JobFailed, ReplicaPool
@@ -79,15 +80,9 @@ class JobResult:
     report_path: Path | None = None
     # Clips of other shards still missing from the shared pool (job-scope filtering waits).
     waiting_for: int = 0
-
-
-def dataset_name(root: Path, name: str | None) -> str:
-    if name:
-        return name
-    names = sorted(p.name[: -len("_volume")] for p in Path(root).glob("*_volume") if p.is_dir())
-    if len(names) != 1:
-        raise ValueError(f"--name is needed: datasets under {root}: {names or 'none'}")
-    return names[0]
+    generator: str = ""  # the generator's name, when the samplers listed it
+    # What the job let through with --allow-out-of-domain (the summary's first lines).
+    out_of_domain: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -101,20 +96,28 @@ class JobPlan:
     items: list[WorkItem]  # this shard
     texts: dict[str, str]  # training clip -> text
     job: dict  # the options that define the output (recorded in job.json)
+    generator: GeneratorPlan | None = None
 
 
-def plan_job(o: AugmentOptions) -> JobPlan:
+def plan_job(o: AugmentOptions, generator: GeneratorPlan | None = None) -> JobPlan:
+    """The job's plan. With `generator` (`preflight.check_generator`: the samplers' listed
+    generator, checked against the dataset) class ids are the generator's; without it they
+    come from `--classes-file`, else from the sorted training classes."""
     name = dataset_name(o.dataset_root, o.name)
     train = layout.load_dataset(o.dataset_root, name, "train")  # never the test split
-    if o.classes_file:
+    if generator is not None:
+        class_names = list(generator.class_names)
+        class_ids = dict(generator.class_ids)
+    elif o.classes_file:
         class_names = [str(c) for c in json.loads(Path(o.classes_file).read_text())]
     else:
         class_names = train.classes
+    if generator is None:
+        class_ids = {c: i for i, c in enumerate(class_names)}
     preflight.report_missing_classes(o.dataset_root, name, train.classes, class_names)
     targets = class_targets(
         train.class_counts(), o.per_class, o.multiplier, True if o.balance else None
     )
-    class_ids = {c: i for i, c in enumerate(class_names)}
     plan = build_plan(preflight.reference_items(train.items), targets, class_ids, o.base_seed)
     job = {
         **generation_options(o, name),
@@ -141,18 +144,23 @@ def plan_job(o: AugmentOptions) -> JobPlan:
         shard_items(plan, o.shard_index, o.shard_count),
         {item.file_name: item.text for item in train.items},
         job,
+        generator,
     )
 
 
 def generation_options(o: AugmentOptions, name: str) -> dict:
-    """What a single generation depends on besides its class, clip and seed."""
-    return {
+    """What a single generation depends on besides its class, clip and seed (the generator
+    only when `--model` names one, so jobs recorded before it existed stay the same)."""
+    options = {
         "dataset": name,
         "conditions": sorted(o.conditions),
         "steps": o.steps,
         "guidance": o.guidance,
         "solver": o.solver,
     }
+    if o.model:
+        options["model"] = o.model
+    return options
 
 
 def job_scope(o: AugmentOptions) -> bool:
@@ -200,10 +208,16 @@ class Generation:
     condition_sources: dict[str, str] = field(default_factory=dict)  # kind -> where from
 
 
-def run_job(o: AugmentOptions, sampler_pool=None, filter_client=None) -> JobResult:
-    """Run (or continue) one shard; `sampler_pool`/`filter_client` replace the services."""
+def run_job(
+    o: AugmentOptions,
+    sampler_pool=None,
+    filter_client=None,
+    generator: GeneratorPlan | None = None,
+) -> JobResult:
+    """Run (or continue) one shard; `sampler_pool`/`filter_client` replace the services;
+    `generator` is the checked generator (`preflight.check_generator`), whose ids it uses."""
     began = time.perf_counter()
-    shard = open_shard(o)
+    shard = open_shard(o, generator)
     state = resume_state(shard)
     p = shard.plan
     todo = [w for w in p.items if w.id not in state.generated]
@@ -222,6 +236,8 @@ def run_job(o: AugmentOptions, sampler_pool=None, filter_client=None) -> JobResu
         generated_now=generation.count,
         generation_seconds=generation.seconds,
         condition_sources=generation.condition_sources,
+        generator="" if generator is None else generator.generator.name,
+        out_of_domain=[] if generator is None else list(generator.out_of_domain),
     )
     if pool is None:
         logger.info(
@@ -250,12 +266,12 @@ def run_job(o: AugmentOptions, sampler_pool=None, filter_client=None) -> JobResu
     return finish(shard, result, kept)
 
 
-def open_shard(o: AugmentOptions) -> Shard:
+def open_shard(o: AugmentOptions, generator: GeneratorPlan | None = None) -> Shard:
     """Plan the job, check that its writes stay inside `--out`, record it there (or refuse a
     different one), open the shard's manifest and remove the temporaries a killed run of this
     shard left."""
     preflight.check_output(o)  # --out at or inside --dataset-root would rewrite its metadata
-    plan = plan_job(o)
+    plan = plan_job(o, generator)
     out = Path(o.out)
     manifest = Manifest(manifest_path(out, o.shard_index, o.shard_count))
     output.check_output_paths(out, plan.name, manifest.path)
@@ -288,7 +304,9 @@ def generate_phase(
     if not todo:
         return Generation()
     o = shard.options
-    settings = GenerationSettings(o.steps, o.guidance, o.solver, o.deadline, o.max_attempts)
+    settings = GenerationSettings(
+        o.steps, o.guidance, o.solver, o.deadline, o.max_attempts, o.model or ""
+    )
     with open_references(shard) as references, _sampler_replicas(o, replicas) as samplers:
         seconds = generate_all(
             todo,

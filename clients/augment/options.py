@@ -54,7 +54,22 @@ class AugmentOptions:
         None, choices=("ddim", "dpmsolver++"), help="(default: sampling.json)"
     )
     base_seed: int = setting(66, help="first seed of every reference clip (default 66)")
-    classes_file: Path | None = setting(None, help="JSON class names in sampler id order")
+    classes_file: Path | None = setting(
+        None, help="JSON class names in sampler id order (only for samplers without ListModels)"
+    )
+    model: str | None = setting(
+        None, help="generator to sample with (the sampler's ListModels; default: its default)"
+    )
+    class_map: Path | None = setting(
+        None,
+        help="JSON object: dataset class name -> generator class name (classes not named "
+        "must be generator classes as they are)",
+    )
+    allow_out_of_domain: bool = setting(
+        False,
+        help="generate even when the dataset's frame count, frame size or modality differ "
+        "from the generator's card (the report then says so at the top)",
+    )
     filter_alpha: float = setting(1.0, help="semantic level alpha (default 1.0)")
     duplicate_threshold: float = setting(0.98, help="near-duplicate cosine (0.98)")
     filter_skip: list[str] = setting([], choices=FILTER_LEVELS, help="levels that keep all")
@@ -142,7 +157,7 @@ def validate(o: AugmentOptions) -> None:
         raise ValueError("--tls-cert and --tls-key go together (mutual TLS)")
     if (o.tls_cert is not None or o.tls_server_name is not None) and o.tls_ca is None:
         raise ValueError("--tls-cert, --tls-key and --tls-server-name need --tls-ca")
-    for name in ("tls_ca", "tls_cert", "tls_key", "auth_token_file"):
+    for name in ("tls_ca", "tls_cert", "tls_key", "auth_token_file", "class_map"):
         path = getattr(o, name)
         if path is not None and not path.is_file():
             raise ValueError(f"--{name.replace('_', '-')}: no such file: {path}")

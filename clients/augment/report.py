@@ -44,8 +44,12 @@ def class_summary(result) -> dict[str, dict]:
 def summary_lines(result) -> list[str]:
     o = result.options
     rows = class_summary(result)
-    lines = [
-        f"augmented {result.name}: shard {o.shard_index}/{o.shard_count}, "
+    lines = [*getattr(result, "out_of_domain", [])]
+    generator = getattr(result, "generator", "")
+    lines += [
+        f"augmented {result.name}"
+        + (f" with generator {generator}" if generator else "")
+        + f": shard {o.shard_index}/{o.shard_count}, "
         f"{o.steps} steps, guidance {o.guidance:g}, {o.solver}, "
         f"conditions {' '.join(o.conditions)}",
         f"  {'class':<12} {'requested':>9} {'generated':>9} {'kept':>5}  rejected",
@@ -214,11 +218,16 @@ def write_report(result) -> Path:
         )
     else:
         bands = f"<p>VAE-Seq keep band: [{_num(result.band[0])}, {_num(result.band[1])}]</p>"
+    warnings = "".join(
+        f'<p style="color:#a00"><strong>{e(note)}</strong></p>'
+        for note in getattr(result, "out_of_domain", [])
+    )
     page = f"""<!doctype html><html><head><meta charset="utf-8">
 <title>Ctrl-GenAug augmentation: {e(result.name)}</title>
 <style>body{{font-family:sans-serif;margin:2em}}td,th{{border:1px solid #ccc;padding:3px 8px}}
 table{{border-collapse:collapse}}</style></head><body>
 <h1>Augmented {e(result.name)}</h1>
+{warnings}
 <p style="font-family:monospace">{text}</p>
 <h2>Per class</h2><table><tr><th>class</th><th>requested</th><th>generated</th><th>kept</th>
 <th>rejected by level</th></tr>{table}</table>

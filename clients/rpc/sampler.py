@@ -73,10 +73,12 @@ class SamplerClient:
         batch: bool = False,
         request_id: str | None = None,
         preview_every: int = 0,
+        model: str = "",
         timeout: float | None = None,
         on_event: Callable[[pb.GenerateEvent], None] | None = None,
     ) -> GeneratedClip:
-        """Generate one clip; `request_id` makes retries idempotent (one is made up if None)."""
+        """Generate one clip; `request_id` makes retries idempotent (one is made up if None);
+        `model` names the generator (`list_models`; "" = the sampler's default)."""
         request = pb.GenerateRequest(
             request_id=request_id or uuid.uuid4().hex,
             class_id=class_id,
@@ -89,6 +91,7 @@ class SamplerClient:
             decode=decode,
             priority=pb.PRIORITY_BATCH if batch else pb.PRIORITY_INTERACTIVE,
             preview_every=preview_every,
+            model=model,
         )
         for event in self.stream(request, timeout):
             if on_event is not None:
@@ -109,3 +112,8 @@ class SamplerClient:
     @translate_errors
     def cancel(self, request_id: str, timeout: float | None = 10.0) -> bool:
         return self._stub.Cancel(pb.CancelRequest(request_id=request_id), timeout=timeout).cancelled
+
+    @translate_errors
+    def list_models(self, timeout: float | None = 10.0) -> list[pb.GeneratorInfo]:
+        """The generators this sampler serves, with their class names in id order."""
+        return list(self._stub.ListModels(pb.ListModelsRequest(), timeout=timeout).models)

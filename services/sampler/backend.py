@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -18,9 +19,10 @@ import torch
 from clients.rpc.conditions import GrpcConditions
 from genaug import wire
 from genaug.deadline import Deadline
-from genaug.errors import InvalidArgument
+from genaug.errors import InvalidArgument, NotFound
 from services.models.ldm.pipeline import SOLVERS, SamplingRequest, SequenceSampler
 from services.models.ldm.unet import WEIGHTS_NAME, SequenceUNet
+from services.models.repository import GeneratorCard, read_card
 from services.models.runtime import resolve_device, resolve_dtype
 from services.models.vae_codec import VaeCodec
 from services.sampler.limits import RequestLimits
@@ -55,7 +57,8 @@ class SamplerBackend:
     """Loads the sequence LDM and turns typed requests into `SamplingRequest`s.
 
     Args:
-        model_dir: model repository (`ldm/`, `vae/`, `classes.json`).
+        model_dir: model repository (`ldm/`, `vae/`, `classes.json`, `card.json`: the
+            generator's card, `services.models.repository`; derived when absent).
         device: "auto", "cpu", "cuda", ...
         encoder_target / motion_target / codec_target: service addresses; None means text is
             encoded in-process, reference clips cannot be turned into conditions here, and
@@ -86,6 +89,9 @@ class SamplerBackend:
         self.sampler: SequenceSampler | None = None
         self.provenance = ""
         self.classes: list[str] = []
+        # The generators served, by name (one today: the model directory's), and the default.
+        self.cards: dict[str, GeneratorCard] = {}
+        self.default_model = ""
         self._clients: dict[str, object] = {}
         self._text_encoder = None
         self._local_codec = None
@@ -109,12 +115,43 @@ class SamplerBackend:
             if classes_file.is_file()
             else [str(i) for i in range(n)]
         )
+        self._load_card(unet)
         self._connect()
         empty = torch.from_numpy(self.encode_text([""], Deadline.none())[0])
         self.sampler = SequenceSampler(unet, empty, self.device, self.dtype)
         if not self.targets["codec"]:
             self._local_codec = VaeCodec(self.model_dir / "vae", device=str(self.device))
             self._local_codec.load()
+
+    def _load_card(self, unet: SequenceUNet) -> None:
+        """The model directory's card, its gaps filled from the loaded UNet; its classes must be
+        the ones the UNet's class ids index."""
+        card = read_card(self.model_dir)
+        if card.class_names and list(card.class_names) != self.classes:
+            raise InvalidArgument(
+                "card.json.class_names",
+                f"{list(card.class_names)} differ from the model's classes {self.classes}",
+            )
+        cfg = unet.config
+        side = cfg.sample_size * unet.latent_downsample
+        card = replace(
+            card,
+            class_names=tuple(self.classes),
+            latent_channels=card.latent_channels or int(cfg.in_channels),
+            height=card.height or side,
+            width=card.width or side,
+        )
+        self.cards = {card.name: card}
+        self.default_model = card.name
+
+    def check_model(self, name: str) -> GeneratorCard:
+        """The card of generator `name` ("" = the default); NotFound naming the known ones."""
+        card = self.cards.get(name or self.default_model)
+        if card is None:
+            known = ", ".join(sorted(self.cards)) or "none loaded"
+            shown = repr(name[:64]) + ("..." if len(name) > 64 else "")  # never echo 100 kB
+            raise NotFound(f"model: {shown} is not a generator of this sampler (known: {known})")
+        return card
 
     def _connect(self) -> None:
         from clients.rpc.channel import open_channel
@@ -169,6 +206,7 @@ class SamplerBackend:
 
     def build(self, request, deadline: Deadline) -> SamplingRequest:
         """Validate a GenerateRequest and gather its conditions (fetching missing ones)."""
+        self.check_model(request.model)
         self.limits.check(request)
         cfg = self.sampler.unet.config
         c = request.conditions

@@ -13,6 +13,7 @@ from genaug.deadline import Deadline
 from genaug.errors import Unavailable
 from genaug.v1 import sampler_pb2 as pb
 from genaug.v1 import sampler_pb2_grpc
+from services.models.repository import GeneratorCard
 from services.sampler.backend import SamplerBackend
 from services.sampler.engine import SamplerEngine
 from services.sampler.jobs import Failed, Finished, Job, Priority, Progress, Queued
@@ -42,6 +43,24 @@ def preview(latents) -> np.ndarray:
     grey = latents.mean(dim=0).numpy()
     low, high = float(grey.min()), float(grey.max())
     return ((grey - low) / max(high - low, 1e-6) * 255).astype(np.uint8)
+
+
+def generator_info(card: GeneratorCard, is_default: bool) -> pb.GeneratorInfo:
+    """A generator's card as ListModels sends it (the typed fields and the whole card)."""
+    return pb.GeneratorInfo(
+        name=card.name,
+        version=card.version,
+        class_names=list(card.class_names),
+        modality=card.modality,
+        num_frames=card.num_frames,
+        height=card.height,
+        width=card.width,
+        latent_channels=card.latent_channels,
+        dataset_name=card.dataset_name,
+        dataset_fingerprint=card.dataset_fingerprint,
+        is_default=is_default,
+        card_json=card.to_json(),
+    )
 
 
 class SamplerServicer(sampler_pb2_grpc.SamplerServicer):
@@ -110,6 +129,17 @@ class SamplerServicer(sampler_pb2_grpc.SamplerServicer):
         with job._lock:
             job.memo.setdefault(key, result)
             return job.memo[key]
+
+    def ListModels(self, request, context):
+        if not self.backend.cards:
+            raise Unavailable("the sampler is still loading")
+        default = self.backend.default_model
+        return pb.ListModelsResponse(
+            models=[
+                generator_info(card, name == default)
+                for name, card in sorted(self.backend.cards.items())
+            ]
+        )
 
     def Cancel(self, request, context):
         if self.engine is None:

@@ -138,8 +138,12 @@ def test_no_identifier_in_any_output_or_log(two_sampler_cluster, source, tmp_pat
         "--motion-target", t["motion_extractor"], "--encoder-target", t["condition_encoder"],
         "--method", "optical_flow",
     )  # fmt: skip
+    # The user's classes are not the bundled generator's: map them explicitly (--class-map).
+    class_map = tmp_path / "class_map.json"
+    class_map.write_text('{"Echo": "DCM", "Mri": "HCM"}')
     printed += _genaug(
         "augment", "--dataset-root", str(data), "--name", "Ids", "--out", str(out),
+        "--class-map", str(class_map),
         "--per-class", "1", "--steps", "3", "--guidance", "3", "--concurrency", "2",
         "--sampler", t["sampler"], b.targets()["sampler"], "--encoder", t["condition_encoder"],
         "--motion", t["motion_extractor"], "--filter", t["filter"], "--no-progress",

@@ -78,6 +78,9 @@ def _message_class(descriptor):
     return message_factory.GetMessageClass(descriptor)
 
 
+# A hostile request that is valid may generate until its 5 s deadline: make soak's thousands
+# of sampler cases need more than pytest's 600 s default.
+@pytest.mark.timeout(max(600, 6 * EXAMPLES))
 @pytest.mark.parametrize("service", sorted(SERVICES))
 def test_no_internal_on_hostile_input(service, request):
     fixture, module, models, inputs = SERVICES[service]

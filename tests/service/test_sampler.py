@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 
 import grpc
@@ -143,3 +144,25 @@ def test_reference_frames_without_the_services_name_the_missing_condition(client
         assert (
             info.value.details.startswith(field) and "service is configured" in info.value.details
         )
+
+
+def test_list_models_names_the_generator_and_its_classes(client, sampler_server):
+    (info,) = client.list_models()
+    # No card.json, no classes.json: a card derived from the seeded model.
+    assert info.is_default and info.name
+    assert list(info.class_names) == ["0", "1", "2"]
+    assert (info.height, info.width) == (64, 64)
+    assert info.latent_channels == SMALL_LATENT_CHANNELS
+    assert json.loads(info.card_json)["class_names"] == ["0", "1", "2"]
+    # Naming the default explicitly is the same as naming none.
+    clip = client.generate(1, _conditions(), steps=1, decode=False, model=info.name, timeout=60)
+    assert clip.latents.shape[0] == 8
+
+
+def test_an_unknown_model_is_not_found_naming_the_known_ones(client):
+    (info,) = client.list_models()
+    with pytest.raises(GenAugError) as info_error:
+        client.generate(0, _conditions(), steps=1, model="nope", timeout=30)
+    assert info_error.value.code == grpc.StatusCode.NOT_FOUND
+    details = info_error.value.details
+    assert details.startswith("model: 'nope'") and info.name in details

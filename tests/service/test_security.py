@@ -9,7 +9,7 @@ from grpc_reflection.v1alpha import reflection_pb2
 from tritonclient.grpc import service_pb2
 
 from clients.rpc.channel import ChannelSettings, open_channel
-from genaug.v1 import vae_codec_pb2
+from genaug.v1 import sampler_pb2, vae_codec_pb2
 from tests.service.conftest import codec_config, codec_with_echo, running
 
 TOKEN = "s3cret-token"
@@ -70,3 +70,35 @@ def test_health_is_exempt_for_probes(secured):
     with open_channel(secured, ChannelSettings(retry_attempts=1)) as ch:
         reply = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=5)
     assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+@pytest.fixture(scope="module")
+def secured_sampler(tmp_path_factory):
+    from services.common.config import ServerConfig
+    from services.sampler.__main__ import build_server
+    from services.sampler.backend import SamplerBackend
+
+    model_dir = tmp_path_factory.mktemp("sampler")
+    config = ServerConfig(
+        service="sampler", port=0, metrics_port=None, model_dir=model_dir, auth_token=TOKEN
+    )
+    with running(build_server(config, SamplerBackend(model_dir))) as server:
+        yield f"127.0.0.1:{server.port}"
+
+
+def _sampler_methods():
+    service = sampler_pb2.DESCRIPTOR.services_by_name["Sampler"]
+    for method in service.methods:
+        yield f"/{service.full_name}/{method.name}", method
+
+
+@pytest.mark.parametrize(
+    "path, method", list(_sampler_methods()), ids=lambda v: getattr(v, "name", v)
+)
+def test_every_sampler_rpc_needs_the_token(secured_sampler, path, method):
+    """ListModels included: the generators' cards are not for anonymous callers."""
+    for token in (None, "wrong"):
+        with open_channel(secured_sampler, ChannelSettings(token=token, retry_attempts=1)) as ch:
+            assert _call(ch, path, method) == grpc.StatusCode.UNAUTHENTICATED, token
+    with open_channel(secured_sampler, ChannelSettings(token=TOKEN, retry_attempts=1)) as ch:
+        assert _call(ch, path, method) != grpc.StatusCode.UNAUTHENTICATED

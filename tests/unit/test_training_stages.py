@@ -18,6 +18,7 @@ from services.data.conditions import condition_paths, save_motion
 from services.data.phantoms import generate_phantom_dataset
 from services.models.classifier import VideoClassifier
 from services.models.ldm import WEIGHTS_NAME, SequenceUNet, identity_trajectories
+from services.models.repository import dataset_fingerprint, read_card
 from services.models.training import recipe
 from services.models.training.settings import ClassifierSettings
 from services.models.training.stages import run_stage
@@ -194,6 +195,15 @@ def test_train_all_runs_the_recipe_and_fills_a_model_repository(dataset, tmp_pat
     # The recipe's step counts, scaled: 1500 -> 2 VAE steps, 2000 -> 2 sequence steps.
     assert json.loads((repository / "vae/provenance.json").read_text())["steps"] == 2
     assert json.loads((repository / "ldm/training.json").read_text())["steps"] == 2
+    # The generator card: the classes in id order, the training data's domain and fingerprint.
+    card = read_card(repository)
+    assert (repository / "card.json").is_file() and list(card.class_names) == classes
+    first = layout.load_dataset(dataset, "Phantom", "train")[0]
+    assert (card.num_frames, card.height, card.width) == layout.read_clip(first.path).shape
+    assert card.latent_channels == vae.config.latent_channels
+    assert card.dataset_name == "Phantom"
+    assert card.dataset_fingerprint == dataset_fingerprint(dataset, "Phantom")
+    assert card.recipe["recipe_scale"] == 0.001 and card.recipe["stages"]["seq"]["steps"] == 2
 
 
 def test_train_all_refuses_per_stage_flags(dataset, tmp_path):

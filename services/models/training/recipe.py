@@ -6,7 +6,9 @@ the conditions step (in process; clips already done are skipped), then the `vae`
 `<out>/<stage>` and wired to the previous stages' `final/` folders, all through
 `stages.run_stage`. Every stage resumes from its checkpoint, so re-running after an interruption
 continues where it stopped. With `export` the results are copied into the model-repository
-layout the services load (`vae/`, `ldm/`, `classifier/`, `classes.json`, `*_loss.png`).
+layout the services load (`vae/`, `ldm/`, `classifier/`, `classes.json`, `*_loss.png`) and
+its generator card (`card.json`, `services.models.repository`: classes in id order, frames and
+frame size of the training data, the dataset's fingerprint, the recipe that ran).
 `recipe_scale` shrinks every step count (for smoke runs); the bundled weights use 1.
 """
 
@@ -103,12 +105,13 @@ def run_all(plan: RecipeSettings) -> None:
         print(json.dumps(summary))
 
     if plan.export is not None:
-        export(out, Path(plan.export))
+        export(out, Path(plan.export), plan)
 
 
-def export(out: Path, repository: Path) -> None:
+def export(out: Path, repository: Path, plan=None) -> None:
     """Copies the trained models into the model-repository layout (each folder replaced only
-    once its copy is complete)."""
+    once its copy is complete); with `plan` (the `RecipeSettings` that ran) it also writes the
+    repository's `card.json`."""
     repository.mkdir(parents=True, exist_ok=True)
     for stage, folder in EXPORTS.items():
         export_folder(out / stage / "final", repository / folder)
@@ -117,4 +120,32 @@ def export(out: Path, repository: Path) -> None:
         plot = out / stage / "loss.png"
         if plot.is_file():
             shutil.copyfile(plot, repository / name)
+    if plan is not None:
+        write_export_card(out, repository, plan)
     logger.info("all: exported vae/, ldm/, classifier/ and classes.json to %s", repository)
+
+
+def write_export_card(out: Path, repository: Path, plan) -> Path:
+    """The exported repository's `card.json`: the training data's domain and fingerprint,
+    the recipe that ran (scaled), and the classifier's measured test accuracy."""
+    from services.models.repository import training_card, write_card
+
+    scale = float(plan.recipe_scale)
+    recipe = {
+        "recipe_scale": scale,
+        "stages": {
+            stage: stage_values_for_card(stage, settings, scale) for stage, settings in RECIPE
+        },
+    }
+    figures = {}
+    metrics = out / "classifier" / "final" / "metrics.json"
+    if metrics.is_file():
+        measured = json.loads(metrics.read_text())
+        figures = {k: measured[k] for k in ("test_accuracy", "test_clips") if k in measured}
+    card = training_card(repository, plan.dataset_root, plan.name, recipe=recipe, figures=figures)
+    return write_card(repository, card)
+
+
+def stage_values_for_card(stage: str, settings: dict[str, object], scale: float) -> dict:
+    """One recipe step's settings as they ran (step counts scaled)."""
+    return {k: max(1, round(int(v) * scale)) if k in SCALED else v for k, v in settings.items()}
