@@ -3,7 +3,15 @@
 `ldm_bundled_reference.safetensors` holds a UNet forward and a 5-step DDIM run of the bundled
 model, computed with the code and checkpoint of commit ad77bf4 (the `SequenceUNet` before it
 became a diffusers `ModelMixin`, stored as `model.safetensors` + `LDMConfig` JSON). The
-converted weights must reproduce both to 1e-6 (fp32, CPU).
+converted weights must reproduce both (fp32, CPU) to within float32 kernel noise.
+
+Why the bound is relative, 1e-5 of the output's largest magnitude: the same fp32 computation
+differs between CPU kernels. Measured on one Xeon (AVX-512 + AMX) by forcing other kernels
+(ATEN_CPU_CAPABILITY=default|avx2|avx512, ONEDNN_MAX_CPU_ISA / MKL_ENABLE_INSTRUCTIONS=AVX2),
+the UNet output moved by up to 3.6e-6 (8.5e-7 of its scale 4.2) and the 5-step guided DDIM
+latents by up to 1.45e-5 (4.0e-6 of their scale 3.6); the former absolute 1e-6 bound therefore
+failed on some CI machines and passed on others. A conversion bug is four orders larger: swapping
+the query and key projections of one attention moves the output by 2.7e-2 (checked below).
 """
 
 from __future__ import annotations
@@ -19,7 +27,8 @@ from services.models.ldm import WEIGHTS_NAME, SamplingRequest, SequenceSampler, 
 REPO = Path(__file__).resolve().parents[2] / "deploy" / "model-repository"
 REFERENCE = Path(__file__).with_name("ldm_bundled_reference.safetensors")
 FRAMES, SIDE, TEXT_TOKENS, TEXT_DIM = 4, 8, 7, 384
-TOLERANCE = 1e-6
+# Of the reference output's largest magnitude (see the module docstring for the measurements).
+RELATIVE_TOLERANCE = 1e-5
 
 
 def line_trajectories(frames: int, side: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -96,9 +105,27 @@ def test_converted_bundled_weights_reproduce_the_pre_diffusers_model():
     for name, expected in reference.items():
         assert outputs[name].shape == expected.shape
         diff = (outputs[name] - expected).abs().max().item()
-        assert diff <= TOLERANCE, f"{name}: max |new - old| = {diff:.3g}"
+        bound = RELATIVE_TOLERANCE * expected.abs().max().item()
+        assert diff <= bound, f"{name}: max |new - old| = {diff:.3g} > {bound:.3g}"
     # The reference is not degenerate: the conditions and the sampler moved the numbers.
     assert reference["unet_output"].std() > 0.1 and reference["ddim_latents"].std() > 0.1
+
+
+@pytest.mark.skipif(not (REPO / "ldm" / WEIGHTS_NAME).is_file(), reason="no bundled weights")
+def test_the_bound_catches_a_conversion_bug():
+    """Query and key projections of one attention swapped (a plausible key-mapping slip): both
+    outputs leave the bound by far, so the bound is not vacuous."""
+    unet = SequenceUNet.from_pretrained(REPO / "ldm")
+    attention = unet.get_submodule("mid_block.attentions.0.transformer_blocks.0.attn1")
+    with torch.no_grad():
+        query = attention.to_q.weight.clone()
+        attention.to_q.weight.copy_(attention.to_k.weight)
+        attention.to_k.weight.copy_(query)
+    reference = load_file(str(REFERENCE))
+    outputs = reference_outputs(unet)
+    for name, expected in reference.items():
+        diff = (outputs[name] - expected).abs().max().item()
+        assert diff > 100 * RELATIVE_TOLERANCE * expected.abs().max().item(), name
 
 
 def test_bundled_folder_has_the_diffusers_layout_only():
