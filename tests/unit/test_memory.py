@@ -1,0 +1,65 @@
+"""A fixed mmap threshold returns freed request-sized buffers to the OS (glibc)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from services.common.memory import set_mmap_threshold
+
+ROOT = Path(__file__).resolve().parents[2]
+# 60 buffers of 5 MiB (a request's tensors) are freed while the last one lives on; a 16 MiB
+# block freed first has raised glibc's dynamic threshold above 5 MiB, as served traffic does.
+PROGRAM = """
+import sys
+import numpy as np
+from services.common.memory import set_mmap_threshold
+
+def rss_mib():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) // 1024
+
+if sys.argv[1] != "0":
+    assert set_mmap_threshold(int(sys.argv[1]))
+np.ones(16 << 18, np.float32)
+before = rss_mib()
+buffers = [np.ones(5 << 18, np.float32) for _ in range(60)]
+last = buffers[-1]
+del buffers
+print(rss_mib() - before)
+"""
+
+
+def _rss_growth_mib(threshold: int) -> int:
+    run = subprocess.run(
+        [sys.executable, "-c", PROGRAM, str(threshold)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return int(run.stdout.split()[-1])
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux /proc")
+def test_freed_buffers_leave_rss_with_the_fixed_threshold_and_stay_without_it():
+    assert _rss_growth_mib(0) > 200  # glibc's default: the freed 295 MiB stay resident
+    assert _rss_growth_mib(4 << 20) < 30  # mmapped, returned on free (the live 5 MiB stay)
+
+
+def test_zero_keeps_the_default_and_above_32_mib_is_refused():
+    assert set_mmap_threshold(0) is False
+    with pytest.raises(ValueError, match="32 MiB"):
+        set_mmap_threshold(64 << 20)
+
+
+def test_the_setting_is_range_checked():
+    from services.common.config import ServerConfig
+
+    with pytest.raises(ValueError, match="mmap_threshold_mib"):
+        ServerConfig(service="sampler", mmap_threshold_mib=33)
