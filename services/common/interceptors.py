@@ -4,6 +4,7 @@
 `ObservabilityInterceptor` comes next: it tags the request id for logging, counts and times
 every RPC, and is the ONLY place where exceptions become status codes.
 `BearerTokenInterceptor` sits inside it and rejects calls without the configured token.
+`LoadingGate` is innermost: the typed APIs answer UNAVAILABLE until the models are loaded.
 """
 
 from __future__ import annotations
@@ -17,7 +18,13 @@ from concurrent import futures
 
 import grpc
 
-from genaug.errors import GenaugError, InvalidArgument, ResourceExhausted, Unauthenticated
+from genaug.errors import (
+    GenaugError,
+    InvalidArgument,
+    ResourceExhausted,
+    Unauthenticated,
+    Unavailable,
+)
 from genaug.wire import TensorFormatError, TensorTooLargeError
 from services.common import metrics
 from services.common.errors import status_of
@@ -276,17 +283,51 @@ class BearerTokenInterceptor(grpc.ServerInterceptor):
         if hmac.compare_digest(given, self._expected):
             return handler
 
-        def deny(fn, streaming_out):
-            def reject(request, context):
-                raise Unauthenticated("missing or invalid bearer token in 'authorization'")
+        return _rejecting(
+            handler, lambda: Unauthenticated("missing or invalid bearer token in 'authorization'")
+        )
 
-            if streaming_out:
 
-                def reject_stream(request, context):
-                    reject(request, context)
-                    yield  # pragma: no cover - makes this a generator
+class LoadingGate(grpc.ServerInterceptor):
+    """The typed APIs answer UNAVAILABLE until `is_loaded()`: the port is bound (and health
+    answers NOT_SERVING) while models load, and a caller that does not wait for SERVING, such as
+    a replica retrying onto a restarted service, must get a retryable status, not a call into a
+    model that is not there yet. Health, reflection and KServe v2 (which reports readiness
+    itself) stay open."""
 
-                return reject_stream
-            return reject
+    def __init__(self, service: str, prefixes: Sequence[str], is_loaded: Callable[[], bool]):
+        self._service = service
+        self._prefixes = tuple(prefixes)
+        self._is_loaded = is_loaded
 
-        return _rewrap(handler, deny)
+    def intercept_service(self, continuation, handler_call_details):
+        handler = continuation(handler_call_details)
+        method = handler_call_details.method
+        if handler is None or self._is_loaded() or not method.startswith(self._prefixes):
+            return handler
+        return _rejecting(
+            handler,
+            lambda: Unavailable(
+                f"{self._service} is loading its models; retry once health reports SERVING"
+            ),
+        )
+
+
+def _rejecting(handler: grpc.RpcMethodHandler, error: Callable[[], GenaugError]):
+    """`handler` with its behaviour replaced by one raising `error()` (in the caller's
+    interceptor chain, so the usual status mapping and metrics apply)."""
+
+    def replace(fn, streaming_out):
+        def reject(request, context):
+            raise error()
+
+        if streaming_out:
+
+            def reject_stream(request, context):
+                reject(request, context)
+                yield  # pragma: no cover - makes this a generator
+
+            return reject_stream
+        return reject
+
+    return _rewrap(handler, replace)

@@ -34,6 +34,7 @@ from services.common import kserve, metrics
 from services.common.config import ServerConfig
 from services.common.interceptors import (
     BearerTokenInterceptor,
+    LoadingGate,
     ObservabilityInterceptor,
     ThreadPoolRouter,
 )
@@ -130,6 +131,7 @@ class ModelServer:
         self._server: grpc.Server | None = None
         self._metrics_server = None
         self._stopping = threading.Event()
+        self._loaded = threading.Event()
         self._stopped = threading.Event()
         self._pools: list[futures.ThreadPoolExecutor] = []
         self.port: int | None = None
@@ -168,6 +170,8 @@ class ModelServer:
         ]
         if cfg.auth_token:
             interceptors.append(BearerTokenInterceptor(cfg.auth_token))
+        typed_prefixes = [f"/{typed.name}/" for typed in self.typed_services]
+        interceptors.append(LoadingGate(cfg.service, typed_prefixes, self._loaded.is_set))
         server = grpc.server(
             self._pool("rpc", cfg.workers),
             interceptors=interceptors,
@@ -243,6 +247,7 @@ class ModelServer:
             seconds = time.perf_counter() - began
             metrics.MODEL_LOAD_SECONDS.labels(self.config.service, model.name).set(seconds)
             logger.info("model %s ready in %.2fs %s", model.name, seconds, model.parameters())
+        self._loaded.set()
         self._ready = True
         self._set_health(SERVING)
 

@@ -164,6 +164,30 @@ def test_internal_errors_hide_the_trace(channel, codec_server, monkeypatch):
     assert "secret" not in info.value.details and "request id" in info.value.details
 
 
+def test_typed_calls_are_unavailable_until_the_models_are_loaded(tmp_path):
+    """The port is bound while models load: a caller that does not wait for SERVING (a replica
+    retrying onto a restarted service) gets a retryable UNAVAILABLE, never INTERNAL."""
+    server = codec_with_echo(codec_config(tmp_path, metrics_port=None))
+    server.start(load=False)
+    try:
+        frames = np.zeros((1, 1, 64, 64), np.float32)
+        with open_channel(f"127.0.0.1:{server.port}", ChannelSettings(retry_attempts=1)) as ch:
+            with pytest.raises(GenAugError) as info:
+                VaeCodecClient(ch).encode(frames, timeout=10)
+            assert info.value.code == grpc.StatusCode.UNAVAILABLE
+            assert "vae_codec is loading its models" in info.value.details
+            _, stream = echo_stubs(ch)
+            with pytest.raises(grpc.RpcError) as raw:  # a streaming method, too
+                list(stream(wire.iter_chunks("x", np.zeros(3)), timeout=10))
+            assert raw.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert check(ch, "") == "NOT_SERVING"
+            server.load_models()
+            assert VaeCodecClient(ch).encode(frames, timeout=10).shape[1] == SMALL_LATENT_CHANNELS
+            assert check(ch, "") == "SERVING"
+    finally:
+        server.stop(grace=0)
+
+
 def test_bearer_token_auth_with_health_exempt(tmp_path):
     config = codec_config(tmp_path, auth_token="s3cret", metrics_port=None)
     with running(codec_with_echo(config)) as server:
