@@ -178,6 +178,7 @@ def test_job_survives_the_fault(cluster, data, tmp_path, matrix, service, signal
     )  # fmt: skip
     matrix.append(outcome)
     assert first_exit in (0, 1), output  # 1: stopped cleanly, finished work kept
+    assert "[INTERNAL]" not in output, output  # a restart or drain is never a server error
     if signal_name == "SIGTERM":
         assert service_exit == 0, victim.log_tail()  # a clean drain
         assert drain < DRAIN_BOUND, f"{service} took {drain:.1f}s to drain"
