@@ -16,10 +16,9 @@ import torch
 
 from services.data import layout
 from services.data.conditions import condition_paths, load_motion, load_prior
+from services.models.repository import CLASSES_FILE
 
 logger = logging.getLogger(__name__)
-
-CLASSES_FILE = "classes.json"
 
 
 def to_unit(frames: np.ndarray | torch.Tensor) -> torch.Tensor:
