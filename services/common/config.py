@@ -70,11 +70,12 @@ class ServerConfig:
     tls_client_ca: Path | None = setting(
         None, help="PEM CA for client certificates (enables mutual TLS)"
     )
-    mmap_threshold_mib: float = setting(
-        4.0,
+    mmap_threshold_mib: float | None = setting(
+        None,
         help="heap blocks of at least this many MiB are mmapped and returned to the OS when "
-        "freed, so request buffers do not grow RSS under load; 0 keeps glibc's dynamic "
-        "threshold (default 4, at most 32)",
+        "freed, so request buffers do not grow RSS under load (at most 32); 0 keeps glibc's "
+        "dynamic threshold. Default: 4 on CUDA, where activations are not on the host heap; "
+        "0 on CPU, where it costs sampling time (python -m benchmarks.heap)",
     )
     device: str = setting("auto", help="torch device: auto (CUDA when present), cpu, cuda, cuda:N")
     log_level: str = setting("INFO", help="default INFO")
@@ -83,7 +84,7 @@ class ServerConfig:
     def __post_init__(self) -> None:
         if self.metrics_port is not None and self.metrics_port < 0:
             self.metrics_port = None  # -1 disables /metrics
-        if not 0 <= self.mmap_threshold_mib <= 32:
+        if self.mmap_threshold_mib is not None and not 0 <= self.mmap_threshold_mib <= 32:
             raise ValueError(f"mmap_threshold_mib: {self.mmap_threshold_mib} is not in [0, 32]")
         if self.auth_token_file is not None:  # the file wins over a token given directly
             self.auth_token = Path(self.auth_token_file).read_text().strip()

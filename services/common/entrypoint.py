@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 from services.common.config import ServerConfig, base_parser, config_from_args
 from services.common.logs import configure_logging
-from services.common.memory import set_mmap_threshold
+from services.common.memory import default_mmap_threshold_mib, set_mmap_threshold
 from services.common.server import ModelServer
 
 
@@ -28,5 +28,8 @@ def service_main(
     args = parser.parse_args(argv)
     config = config_from_args(args)
     configure_logging(config.log_level)
-    set_mmap_threshold(round(config.mmap_threshold_mib * 2**20))  # before any model loads
+    threshold = config.mmap_threshold_mib
+    if threshold is None:
+        threshold = default_mmap_threshold_mib(config.device)
+    set_mmap_threshold(round(threshold * 2**20))  # before any model loads
     return build(config, args).serve_until_signal()

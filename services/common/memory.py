@@ -4,8 +4,12 @@ Every request carries megabytes of tensors (a MedSAM prior alone is 4 MiB) that 
 copied and freed on many threads. glibc raises its mmap threshold to the largest block freed
 so far (up to 32 MiB), so after the first few requests these buffers come from the heap, and
 the heap's free holes keep the process's RSS climbing under load: the `make soak` load test
-measured +15% in 60 s, without any leak. A fixed threshold of a few MiB keeps request-sized
-buffers on mmap (returned on free) while the small allocations of the hot path stay on the heap.
+measured +11..+23% in 60 s, without any leak. A fixed threshold of a few MiB keeps
+request-sized buffers on mmap (returned on free): RSS stays flat under the same load.
+
+On CPU the model's own activations of that size are then mmapped and page-faulted on every
+step too (`python -m benchmarks.heap`: 1.10x the sampling time), so the default is the fixed
+threshold only where the model runs on CUDA and the host heap holds little but requests.
 """
 
 from __future__ import annotations
@@ -17,6 +21,18 @@ import logging
 logger = logging.getLogger(__name__)
 
 M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter (malloc.h)
+CUDA_DEFAULT_MIB = 4.0
+
+
+def default_mmap_threshold_mib(device: str) -> float:
+    """4 MiB where the models run on CUDA (`device` "cuda..." or "auto" with a GPU), else 0."""
+    if device.startswith("cuda"):
+        return CUDA_DEFAULT_MIB
+    if device == "auto":
+        import torch
+
+        return CUDA_DEFAULT_MIB if torch.cuda.is_available() else 0.0
+    return 0.0
 
 
 def set_mmap_threshold(threshold_bytes: int) -> bool:

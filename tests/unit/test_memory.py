@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from services.common.memory import set_mmap_threshold
+from services.common.memory import default_mmap_threshold_mib, set_mmap_threshold
 
 ROOT = Path(__file__).resolve().parents[2]
 # 60 buffers of 5 MiB (a request's tensors) are freed while the last one lives on; a 16 MiB
@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[2]
 PROGRAM = """
 import sys
 import numpy as np
-from services.common.memory import set_mmap_threshold
+from services.common.memory import default_mmap_threshold_mib, set_mmap_threshold
 
 def rss_mib():
     for line in open("/proc/self/status"):
@@ -63,3 +63,11 @@ def test_the_setting_is_range_checked():
 
     with pytest.raises(ValueError, match="mmap_threshold_mib"):
         ServerConfig(service="sampler", mmap_threshold_mib=33)
+
+
+def test_the_default_is_fixed_on_cuda_and_glibcs_own_on_cpu():
+    assert default_mmap_threshold_mib("cuda:1") == 4.0
+    assert default_mmap_threshold_mib("cpu") == 0.0
+    import torch
+
+    assert default_mmap_threshold_mib("auto") == (4.0 if torch.cuda.is_available() else 0.0)
