@@ -73,7 +73,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         nargs=2,
         metavar=("LOW", "FULL"),
-        help="synthetic clips generated per class and regime (default 24 36, budget-scaled)",
+        help="synthetic clips generated per class and regime (default 20 30, budget-scaled)",
     )
     a("--synthetic-cap", type=int, help="at most this many synthetic clips per class and arm")
     a("--steps", type=int, default=25, help="DDIM steps per generated clip (default 25)")
@@ -111,7 +111,7 @@ def config_from(args: argparse.Namespace):
         ood_name = ood_name or phantoms_hard.ood_name(name)
     elif not name:
         raise ValueError("--name is needed with --dataset-root")
-    pools = args.pool_per_class or (24, 36)
+    pools = args.pool_per_class or (20, 30)
     if args.pool_per_class is None:
         pools = tuple(max(1, round(p * min(1.0, scale))) for p in pools)
     classifier_steps = args.classifier_steps or max(1, round(ClassifierRecipe.steps * scale))

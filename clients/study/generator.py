@@ -33,9 +33,9 @@ class GeneratorRecipe:
 
     vae_steps: int = 400
     vae_batch: int = 8
-    ldm_steps: int = 250
+    ldm_steps: int = 200
     ldm_batch: int = 32
-    seq_steps: int = 800
+    seq_steps: int = 650
     seq_batch: int = 8
     classifier_steps: int = 300
     classifier_batch: int = 16
