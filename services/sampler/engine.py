@@ -108,6 +108,7 @@ class ContinuousBatchingEngine(SamplerEngine):
         self._preparing: Counter[Priority] = Counter()  # admitted, conditions being fetched
         self._jobs: dict[str, Job] = {}  # in flight, by request id
         self._done = ResultCache(Job.nbytes, completed_cache, completed_cache_bytes)  # with a clip
+        metrics.RESULT_CACHE_BYTES.set_function(self._done.measure)  # at scrape time
         self._cv = threading.Condition()
         self._closed = False
         self._admitting = True

@@ -32,3 +32,7 @@ REJECTED = Counter("genaug_sampler_rejected_total", "Requests refused because th
 ENDED = Counter(
     "genaug_sampler_ended_total", "Requests that ended without a clip, by reason.", ("reason",)
 )
+RESULT_CACHE_BYTES = Gauge(
+    "genaug_sampler_result_cache_bytes",
+    "Bytes of finished results kept for request-id retries (bounded by --result-cache-mib).",
+)

@@ -79,3 +79,8 @@ class ResultCache(Generic[V]):
         """Bytes held, as last measured."""
         with self._lock:
             return sum(self._sizes[k] for k in self._values)
+
+    def measure(self) -> int:
+        """Bytes held now (values may have grown since they were put)."""
+        with self._lock:
+            return sum(int(self._size_of(v)) for v in self._values.values())

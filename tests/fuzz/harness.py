@@ -13,6 +13,7 @@ import resource
 from pathlib import Path
 
 import grpc
+from prometheus_client import REGISTRY
 
 from clients.rpc.health import check
 
@@ -31,11 +32,13 @@ class Tally:
         self.forbidden: list[str] = []
         self.rss_before_kib = _rss_kib()
         self.rss_start_kib = self.rss_before_kib
+        self.cache_before_kib = _result_cache_kib()
 
     def warmed_up(self) -> None:
         """Take the memory baseline now: the first cases load models and fill the allocator's
         pools once, which is not a leak; growth after this point would be."""
         self.rss_before_kib = _rss_kib()
+        self.cache_before_kib = _result_cache_kib()
 
     def call(self, method: str, fn, request, timeout: float = 5.0) -> grpc.StatusCode:
         try:
@@ -65,11 +68,21 @@ class Tally:
             "rss_kib_start": self.rss_start_kib,
             "rss_kib_before": self.rss_before_kib,
             "rss_kib_after": _rss_kib(),
+            # The sampler's retry cache holds finished results by design (bounded in bytes):
+            # what it holds is not a leak, so the RSS bound is taken net of it.
+            "result_cache_kib_before": self.cache_before_kib,
+            "result_cache_kib_after": _result_cache_kib(),
         }
         if RESULTS:
             Path(RESULTS).mkdir(parents=True, exist_ok=True)
             (Path(RESULTS) / f"fuzz-{self.service}.json").write_text(json.dumps(summary, indent=1))
         return summary
+
+
+def _result_cache_kib() -> int:
+    """The sampler's result cache in this process (0 where no sampler engine runs)."""
+    value = REGISTRY.get_sample_value("genaug_sampler_result_cache_bytes")
+    return int(value or 0) // 1024
 
 
 def _rss_kib() -> int:

@@ -145,5 +145,8 @@ def test_no_internal_on_hostile_input(service, request):
     assert summary["health_after"] == "SERVING"
     assert summary["cases"] >= EXAMPLES
     # The servers run in this process: hostile input must not leave memory behind (measured
-    # from after the warm-up, so model loading and allocator pools do not count).
-    assert summary["rss_kib_after"] < 1.15 * summary["rss_kib_before"]
+    # from after the warm-up, so model loading and allocator pools do not count; net of the
+    # sampler's result cache, which keeps finished clips for retries within its byte bound).
+    kept_after = summary["rss_kib_after"] - summary["result_cache_kib_after"]
+    kept_before = summary["rss_kib_before"] - summary["result_cache_kib_before"]
+    assert kept_after < 1.15 * kept_before, summary

@@ -96,3 +96,24 @@ def test_the_sampler_flags_set_both_bounds_of_the_engines_cache():
         assert runtime.engine._done.max_bytes == 3 << 19
     finally:
         runtime.stop()
+
+
+def test_the_gauge_reports_what_the_engine_cache_holds_now():
+    from prometheus_client import REGISTRY
+
+    engine = ContinuousBatchingEngine(CountingSampler(), max_batch_size=2)
+    try:
+        done, _ = outcome(submit(engine, "r1"))
+        assert isinstance(done, Finished)
+        value = REGISTRY.get_sample_value("genaug_sampler_result_cache_bytes")
+        assert value == engine._done.measure() > 0
+    finally:
+        engine.close()
+
+
+def test_measure_sees_values_that_grew_after_they_were_put():
+    cache = ResultCache(len, max_entries=10, max_bytes=100)
+    value = bytearray(b"xx")
+    cache.put("a", value)
+    value.extend(b"xxxx")  # e.g. a decoded result memoised on a cached job
+    assert cache.nbytes == 2 and cache.measure() == 6
