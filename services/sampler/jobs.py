@@ -99,6 +99,7 @@ class Job:
                 return
             if isinstance(event, Finished | Failed):
                 self.outcome = event
+                self._last = None  # a cached job keeps its outcome, not its last preview
             else:
                 self._last = event
             listeners = list(self._listeners)
