@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def worker(threshold_bytes: int, batch: int, steps: int) -> None:
     """Answer one line per round on stdout: {"seconds": ..., "rss_mib": ...}."""
-    from services.common.memory import set_mmap_threshold
+    from services.common.memory import resident_kib, set_mmap_threshold
 
     set_mmap_threshold(threshold_bytes)
     import threading
@@ -76,11 +76,7 @@ def worker(threshold_bytes: int, batch: int, steps: int) -> None:
                 t.start()
             for t in threads:
                 t.join()
-            rss = next(
-                int(row.split()[1]) // 1024
-                for row in Path("/proc/self/status").read_text().splitlines()
-                if row.startswith("VmRSS:")
-            )
+            rss = resident_kib() // 1024
             print(json.dumps({"seconds": seconds, "rss_mib": rss}), flush=True)
 
 

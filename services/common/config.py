@@ -16,6 +16,7 @@ from pathlib import Path
 from genaug.config import add_flags, resolve, setting
 from genaug.ports import DEFAULT_PORTS
 from genaug.wire import DEFAULT_MAX_MESSAGE_BYTES
+from services.common.memory import MAX_THRESHOLD_MIB
 
 ENV_PREFIX = "GENAUG_"
 # Bundled small models (the embedded default) live in the repository's model repository.
@@ -84,8 +85,9 @@ class ServerConfig:
     def __post_init__(self) -> None:
         if self.metrics_port is not None and self.metrics_port < 0:
             self.metrics_port = None  # -1 disables /metrics
-        if self.mmap_threshold_mib is not None and not 0 <= self.mmap_threshold_mib <= 32:
-            raise ValueError(f"mmap_threshold_mib: {self.mmap_threshold_mib} is not in [0, 32]")
+        threshold = self.mmap_threshold_mib
+        if threshold is not None and not 0 <= threshold <= MAX_THRESHOLD_MIB:
+            raise ValueError(f"mmap_threshold_mib: {threshold} is not in [0, {MAX_THRESHOLD_MIB}]")
         if self.auth_token_file is not None:  # the file wins over a token given directly
             self.auth_token = Path(self.auth_token_file).read_text().strip()
         self.auth_token = self.auth_token or None

@@ -17,18 +17,20 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import logging
+from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
 M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter (malloc.h)
 CUDA_DEFAULT_MIB = 4.0
+MAX_THRESHOLD_MIB = 32  # glibc caps the mmap threshold here (HEAP_MAX / 2 on 64-bit)
 
 
 def default_mmap_threshold_mib(device: str) -> float:
     """4 MiB where the models run on CUDA (`device` "cuda..." or "auto" with a GPU), else 0."""
     if device.startswith("cuda"):
         return CUDA_DEFAULT_MIB
-    if device == "auto":
+    if device == "auto":  # services.models.runtime.resolve_device's rule (a layer above)
         import torch
 
         return CUDA_DEFAULT_MIB if torch.cuda.is_available() else 0.0
@@ -41,8 +43,10 @@ def set_mmap_threshold(threshold_bytes: int) -> bool:
     threshold is 0 (keep the default)."""
     if threshold_bytes <= 0:
         return False
-    if threshold_bytes > 32 * 2**20:
-        raise ValueError(f"mmap threshold {threshold_bytes} B is above glibc's 32 MiB maximum")
+    if threshold_bytes > MAX_THRESHOLD_MIB * 2**20:
+        raise ValueError(
+            f"mmap threshold {threshold_bytes} B is above glibc's {MAX_THRESHOLD_MIB} MiB maximum"
+        )
     name = ctypes.util.find_library("c")
     try:
         mallopt = ctypes.CDLL(name).mallopt if name else None
@@ -52,3 +56,11 @@ def set_mmap_threshold(threshold_bytes: int) -> bool:
         logger.debug("no glibc mallopt: the heap keeps its default mmap threshold")
         return False
     return bool(mallopt(M_MMAP_THRESHOLD, ctypes.c_int(threshold_bytes)))
+
+
+def resident_kib(pid: int | str = "self") -> int:
+    """The current resident set (VmRSS) of process `pid`, from /proc."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for pid {pid}")

@@ -16,6 +16,7 @@ import grpc
 from prometheus_client import REGISTRY
 
 from clients.rpc.health import check
+from services.common.memory import resident_kib
 
 FORBIDDEN = {grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN}
 # make test runs a few dozen cases per RPC; make soak sets GENAUG_FUZZ_EXAMPLES=1000 or more.
@@ -87,7 +88,7 @@ def _result_cache_kib() -> int:
 
 def _rss_kib() -> int:
     """Current resident set of this process (the servers run in it), from /proc."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    try:
+        return resident_kib()
+    except (OSError, RuntimeError):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

@@ -21,7 +21,7 @@ from genaug.v1 import (
     sampler_pb2,
     vae_codec_pb2,
 )
-from services.common.memory import set_mmap_threshold
+from services.common.memory import CUDA_DEFAULT_MIB, set_mmap_threshold
 from tests.fuzz.harness import EXAMPLES, Tally
 from tests.fuzz.messages import kserve_requests, messages
 from tests.service.conftest import codec_server  # noqa: F401 (fixtures)
@@ -84,7 +84,7 @@ def returned_heap():
     """The servers run in this process: a fixed mmap threshold (the CUDA default) returns
     freed request buffers to the OS, so the RSS bound measures what is kept, not glibc's
     fragmentation (tests/soak/test_load.py does the same)."""
-    set_mmap_threshold(4 << 20)
+    set_mmap_threshold(round(CUDA_DEFAULT_MIB * 2**20))
 
 
 # A hostile request that is valid may generate until its 5 s deadline: make soak's thousands

@@ -35,6 +35,7 @@ from clients.rpc.channel import ChannelSettings, open_channel
 from clients.rpc.errors import GenAugError
 from clients.rpc.health import check
 from clients.rpc.sampler import SamplerClient, conditions_message
+from services.common.memory import resident_kib
 from tests.support import metric_value, report_lines, scrape
 
 STREAMS = int(os.environ.get("GENAUG_LOAD_STREAMS", "64"))
@@ -47,13 +48,6 @@ pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(os.environ.get("GENAUG_SOAK") != "1", reason="make soak (GENAUG_SOAK=1)"),
 ]
-
-
-def _rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise RuntimeError(f"no VmRSS for pid {pid}")
 
 
 def _conditions() -> object:
@@ -104,7 +98,7 @@ def test_64_streams_for_60s_only_backpressure_bounded_queue_flat_memory(sampler,
 
     with open_channel(sampler.target, ChannelSettings(retry_attempts=1)) as channel:
         client = SamplerClient(channel)
-        rss_idle = _rss_kib(pid)
+        rss_idle = resident_kib(pid)
 
         def stream(index: int) -> None:
             rng = random.Random(index)
@@ -150,11 +144,11 @@ def test_64_streams_for_60s_only_backpressure_bounded_queue_flat_memory(sampler,
             health[check(channel, "", timeout=2.0)] += 1
             elapsed = time.monotonic() - began
             if rss_warm is None and elapsed >= WARMUP_SECONDS:
-                rss_warm = _rss_kib(pid)
+                rss_warm = resident_kib(pid)
             if elapsed >= 5 * len(rss_series):
-                rss_series.append(_rss_kib(pid) // 1024)
+                rss_series.append(resident_kib(pid) // 1024)
             time.sleep(0.5)
-        rss_loaded = _rss_kib(pid)
+        rss_loaded = resident_kib(pid)
         stop.set()
         for thread in threads:
             thread.join(timeout=150)
@@ -172,7 +166,7 @@ def test_64_streams_for_60s_only_backpressure_bounded_queue_flat_memory(sampler,
             time.sleep(0.2)
         recovered = time.monotonic() - (end - 30)
         health_after = check(channel, "", timeout=5.0)
-        rss_after = _rss_kib(pid)
+        rss_after = resident_kib(pid)
 
     ok = codes["OK"]
     summary = {

@@ -16,12 +16,10 @@ ROOT = Path(__file__).resolve().parents[2]
 PROGRAM = """
 import sys
 import numpy as np
-from services.common.memory import default_mmap_threshold_mib, set_mmap_threshold
+from services.common.memory import resident_kib, set_mmap_threshold
 
 def rss_mib():
-    for line in open("/proc/self/status"):
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) // 1024
+    return resident_kib() // 1024
 
 if sys.argv[1] != "0":
     assert set_mmap_threshold(int(sys.argv[1]))
