@@ -10,6 +10,7 @@ import collections
 import json
 import os
 import resource
+import time
 from pathlib import Path
 
 import grpc
@@ -22,6 +23,9 @@ FORBIDDEN = {grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN}
 # make test runs a few dozen cases per RPC; make soak sets GENAUG_FUZZ_EXAMPLES=1000 or more.
 EXAMPLES = int(os.environ.get("GENAUG_FUZZ_EXAMPLES", "40"))
 RESULTS = os.environ.get("GENAUG_FUZZ_RESULTS")  # a folder: per-service JSON for make soak
+# Memory is read once the servers have been idle this long: past the sampler's release of the
+# free heap after work (its engine's idle_release_s, 1 s), as a pod between jobs would be.
+SETTLE_S = 1.5
 
 
 class Tally:
@@ -38,6 +42,7 @@ class Tally:
     def warmed_up(self) -> None:
         """Take the memory baseline now: the first cases load models and fill the allocator's
         pools once, which is not a leak; growth after this point would be."""
+        time.sleep(SETTLE_S)
         self.rss_before_kib = _rss_kib()
         self.cache_before_kib = _result_cache_kib()
 
@@ -60,6 +65,7 @@ class Tally:
 
     def report(self, channel: grpc.Channel, health_service: str = "") -> dict:
         status = check(channel, health_service, timeout=10)
+        time.sleep(SETTLE_S)
         summary = {
             "service": self.service,
             "cases": self.cases(),

@@ -1,4 +1,5 @@
-"""A fixed mmap threshold returns freed request-sized buffers to the OS (glibc)."""
+"""A fixed mmap threshold returns freed request-sized buffers to the OS, and releasing the
+free heap returns what the heap kept (glibc)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from services.common.memory import default_mmap_threshold_mib, set_mmap_threshold
+from services.common.memory import (
+    default_mmap_threshold_mib,
+    release_free_heap,
+    set_mmap_threshold,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 # 60 buffers of 5 MiB (a request's tensors) are freed while the last one lives on; a 16 MiB
@@ -32,22 +37,61 @@ print(rss_mib() - before)
 """
 
 
-def _rss_growth_mib(threshold: int) -> int:
+# 2000 heap blocks of 64 KiB (under any mmap threshold) are freed while the last one lives on
+# above them: glibc cannot shrink the heap from its top, so only a release returns them.
+HOLES = """
+import sys
+import numpy as np
+from services.common.memory import release_free_heap, resident_kib
+
+def rss_mib():
+    return resident_kib() // 1024
+
+before = rss_mib()
+blocks = [np.ones(16 << 10, np.float32) for _ in range(2000)]
+last = blocks[-1]
+del blocks
+kept = rss_mib() - before
+assert release_free_heap()
+print(kept, rss_mib() - before)
+"""
+
+
+def _run(program: str, *args: str) -> list[int]:
     run = subprocess.run(
-        [sys.executable, "-c", PROGRAM, str(threshold)],
+        [sys.executable, "-c", program, *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=60,
         check=True,
     )
-    return int(run.stdout.split()[-1])
+    return [int(value) for value in run.stdout.split()]
+
+
+def _rss_growth_mib(threshold: int) -> int:
+    return _run(PROGRAM, str(threshold))[-1]
 
 
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux /proc")
 def test_freed_buffers_leave_rss_with_the_fixed_threshold_and_stay_without_it():
     assert _rss_growth_mib(0) > 200  # glibc's default: the freed 295 MiB stay resident
     assert _rss_growth_mib(4 << 20) < 30  # mmapped, returned on free (the live 5 MiB stay)
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux /proc")
+def test_releasing_the_free_heap_returns_what_the_heap_top_pinned():
+    kept, released = _run(HOLES)
+    assert kept > 100  # 125 MiB freed, still resident
+    assert released < 20
+
+
+def test_release_is_a_no_op_answering_false_without_glibc(monkeypatch):
+    from services.common import memory
+
+    monkeypatch.setattr(memory, "_glibc", lambda: None)
+    assert release_free_heap() is False
+    assert set_mmap_threshold(4 << 20) is False
 
 
 def test_zero_keeps_the_default_and_above_32_mib_is_refused():

@@ -178,3 +178,23 @@ def test_deadline_and_bad_requests():
             submit(engine, "bad", class_label=7)
     finally:
         engine.close()
+
+
+def test_the_free_heap_is_released_once_after_work_when_idle(monkeypatch):
+    from services.sampler import engine as engine_module
+
+    released = []
+    monkeypatch.setattr(engine_module, "release_free_heap", lambda: released.append(1) or True)
+    engine = ContinuousBatchingEngine(CountingSampler(), max_batch_size=2, idle_release_s=0.2)
+    try:
+        time.sleep(0.5)
+        assert released == []  # no work yet: nothing to give back
+        assert isinstance(outcome(submit(engine, "w1"))[0], Finished)
+        time.sleep(0.8)
+        assert released == [1]  # once, not every 0.2 s of idleness
+        with pytest.raises(InvalidArgument):  # refused while preparing: its tensors count too
+            engine.submit("bad", "bad", lambda: request(num_frames=0), Priority.BATCH, None)
+        time.sleep(0.8)
+        assert released == [1, 1]
+    finally:
+        engine.close()
