@@ -38,6 +38,10 @@ class Tally:
         self.rss_before_kib = _rss_kib()
         self.rss_start_kib = self.rss_before_kib
         self.cache_before_kib = _result_cache_kib()
+        # (cases so far, RSS KiB, threads) every `curve_every` cases: a leak grows with the
+        # cases, a pool that fills (threads, their stacks and heaps) levels off.
+        self.curve: list[tuple[int, int, int]] = []
+        self.curve_every = 0
 
     def warmed_up(self) -> None:
         """Take the memory baseline now: the first cases load models and fill the allocator's
@@ -45,6 +49,7 @@ class Tally:
         time.sleep(SETTLE_S)
         self.rss_before_kib = _rss_kib()
         self.cache_before_kib = _result_cache_kib()
+        self.curve = [(self.cases(), self.rss_before_kib, _threads())]
 
     def call(self, method: str, fn, request, timeout: float = 5.0) -> grpc.StatusCode:
         try:
@@ -58,6 +63,8 @@ class Tally:
             if code in FORBIDDEN:
                 self.forbidden.append(f"{method}: {code.name}: {error.details()}")
         self.codes[method][code.name] += 1
+        if self.curve_every and self.cases() % self.curve_every == 0:
+            self.curve.append((self.cases(), _rss_kib(), _threads()))
         return code
 
     def cases(self) -> int:
@@ -75,6 +82,8 @@ class Tally:
             "rss_kib_start": self.rss_start_kib,
             "rss_kib_before": self.rss_before_kib,
             "rss_kib_after": _rss_kib(),
+            "threads_after": _threads(),
+            "rss_curve": self.curve,
             # The sampler's retry cache holds finished results by design (bounded in bytes):
             # what it holds is not a leak, so the RSS bound is taken net of it.
             "result_cache_kib_before": self.cache_before_kib,
@@ -90,6 +99,14 @@ def _result_cache_kib() -> int:
     """The sampler's result cache in this process (0 where no sampler engine runs)."""
     value = REGISTRY.get_sample_value("genaug_sampler_result_cache_bytes")
     return int(value or 0) // 1024
+
+
+def _threads() -> int:
+    """Threads of this process now (gRPC handlers and the OpenMP teams they start)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("Threads:"):
+            return int(line.split()[1])
+    return 0
 
 
 def _rss_kib() -> int:
