@@ -21,6 +21,7 @@ from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from .attention import identity_trajectories, prepare_trajectories
+from .null_cache import NullEmbeddingCache
 from .unet import SequenceUNet
 
 # Stable Diffusion v1-4's noise schedule, used by the official code for training (DDPM) and
@@ -157,8 +158,8 @@ class SequenceSampler:
         device: Where to run (default: the model's device); the model is moved there.
         dtype: Model dtype (e.g. torch.bfloat16 on CUDA); latents and scheduler math stay fp32.
 
-    The unconditional (all-zero) prior and motion embeddings are cached: build a new sampler
-    after changing the model's weights.
+    The unconditional (all-zero) prior and motion embeddings are cached per shape (an LRU
+    bounded in bytes, `null_cache.py`): build a new sampler after changing the model's weights.
     """
 
     def __init__(
@@ -176,7 +177,7 @@ class SequenceSampler:
             if empty_text_embedding is None
             else empty_text_embedding.to(self.device, torch.float32)
         )
-        self._null_cache: dict[tuple, torch.Tensor] = {}
+        self._null_cache = NullEmbeddingCache()
 
     # ----------------------------------------------------------------------------- prepare
     @torch.inference_mode()
@@ -290,9 +291,7 @@ class SequenceSampler:
 
     def _null(self, key, build: Callable[[], torch.Tensor]) -> torch.Tensor:
         """Unconditional (all-zero input) embeddings, identical for every request: cached."""
-        if key not in self._null_cache:
-            self._null_cache[key] = build()
-        return self._null_cache[key]
+        return self._null_cache.get(key, build)
 
     def _trajectories(self, request: SamplingRequest, f: int, h: int, w: int):
         traj, mask = request.trajectories, request.trajectory_mask
