@@ -154,6 +154,32 @@ def recommendation(table: dict) -> str:
     )
 
 
+def outlook(study: Study, table: dict) -> str:
+    """Whether any synthetic arm beat real-only data and, when none did, what would change it
+    (read from the generators' class fidelity against chance and the judge's own accuracy)."""
+    gains = []
+    for regime, splits in table.items():
+        for split, arms in splits.items():
+            for arm in ("c-unfiltered", *FILTERED):
+                d = arms.get(arm, {}).get("macro_f1", {}).get("vs_a-real")
+                if d and not math.isnan(d["low"]) and d["low"] > 0:
+                    gains.append(f"{regime} {split.replace('_', '-')} ({arm}, {d['mean']:+.3f})")
+    if gains:
+        return "Synthetic clips beat real-only data with 95% confidence in: " + "; ".join(gains)
+    audits = {r: a for r, a in study.audits.items() if isinstance(a, dict) and a.get("fidelity")}
+    fidelity = ", ".join(f"{r} {_fmt(a['fidelity']['all'], 2)}" for r, a in audits.items())
+    judge = ", ".join(sorted({_fmt(a["judge_test_accuracy"], 2) for a in audits.values()}))
+    return (
+        "The result is negative: no synthetic arm beat real-only data (a) with 95% confidence "
+        "in any regime or test set. What would change it: generators whose clips carry the "
+        f"class they were asked for. Their class fidelity here is {fidelity or 'not measured'} "
+        f"(chance {1 / len(study.classes):.2f}; the judge scores {judge or 'n/a'} on real test "
+        "clips), so the synthetic clips add mislabelled variation. A longer generator recipe "
+        "(`--budget-minutes`) or more training clips per class is the next experiment; a "
+        "rerun of the study shows whether a gain then appears."
+    )
+
+
 def _plot_deltas(study: Study, table: dict, path: Path) -> None:
     import matplotlib
 
@@ -303,6 +329,8 @@ def write(study: Study, folder: Path) -> Path:
         *verdict_lines(study, table),
         "",
         f"**Filter default.** {recommendation(table)}",
+        "",
+        f"**Synthetic data.** {outlook(study, table)}",
         "",
         "![macro-F1 difference to (a)](delta_macro_f1.png)",
         "",

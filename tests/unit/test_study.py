@@ -113,3 +113,22 @@ def test_a_classifier_trains_and_evaluates(tmp_path):
     result = classify.evaluate(model, frames, labels, ["x", "y"])
     assert result["n"] == 12 and 0 <= result["macro_f1"] <= 1
     assert classify.clip_features(model, frames).shape == (12, 16)
+
+
+def test_the_outlook_names_a_gain_or_says_what_would_change_a_negative_result():
+    from types import SimpleNamespace
+
+    from clients.study.report import outlook
+
+    def table(low):
+        d = {"mean": 0.05, "low": low, "high": 0.1}
+        return {"low": {"in_domain": {"c-unfiltered": {"macro_f1": {"vs_a-real": d}}}}}
+
+    audit = {"fidelity": {"all": 0.35}, "judge_test_accuracy": 0.96}
+    study = SimpleNamespace(
+        classes=["A", "B", "C"], audits={"low": audit, "judge": "the full regime's"}
+    )
+    negative = outlook(study, table(-0.02))
+    assert negative.startswith("The result is negative")
+    assert "low 0.35 (chance 0.33; the judge scores 0.96" in negative
+    assert outlook(study, table(0.01)).endswith("low in-domain (c-unfiltered, +0.050)")
