@@ -21,6 +21,7 @@ import torch
 
 from genaug.errors import InvalidArgument
 from services.data import layout
+from services.models.training.data import to_unit
 
 PROVENANCE = ("source_clip", "seed", "cross_entropy", "vae_seq", "max_duplicate_similarity")
 
@@ -68,9 +69,8 @@ class AugmentedClips(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> Any:
         item, synthetic = self.items[index]
-        frames = torch.from_numpy(layout.read_clip(item.path))
         sample: dict[str, Any] = {
-            "image": (frames.float() / 127.5 - 1.0).unsqueeze(0),
+            "image": to_unit(layout.read_clip(item.path)).unsqueeze(0),
             "label": self.classes.index(item.cls),
             "class_name": item.cls,
             "synthetic": synthetic,

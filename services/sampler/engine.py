@@ -234,15 +234,8 @@ class ContinuousBatchingEngine(SamplerEngine):
             with self._cv:
                 self._admit()
                 while not self._running and not self._closed:
-                    if self._cv.wait(timeout=self._idle_wait()) or not self._worked:
-                        self._admit()
-                        continue
-                    self._worked = False
-                    self._cv.release()  # milliseconds: submissions need not wait for it
-                    try:
-                        release_free_heap()
-                    finally:
-                        self._cv.acquire()
+                    if not self._cv.wait(timeout=self._idle_wait()):  # idle since the last work
+                        self._release_heap()
                     self._admit()
                 if self._closed:
                     return
@@ -263,6 +256,16 @@ class ContinuousBatchingEngine(SamplerEngine):
             for job in batch:
                 if not job.finished:  # not cancelled or handed back during the step
                     self._after_step(job, seconds)
+
+    def _release_heap(self) -> None:
+        """Called holding the lock; released around the trim (milliseconds), so submissions
+        need not wait for it."""
+        self._worked = False
+        self._cv.release()
+        try:
+            release_free_heap()
+        finally:
+            self._cv.acquire()
 
     def _idle_wait(self) -> float | None:
         """How long to wait for work before releasing the heap (None: until work comes)."""

@@ -36,10 +36,10 @@ class NullEmbeddingCache:
         with self._lock:
             if key not in self._entries:
                 self._entries[key] = value
-                self._bytes += _nbytes(value)
+                self._bytes += value.nbytes
                 while self._bytes > self.max_bytes and len(self._entries) > 1:
                     _, old = self._entries.popitem(last=False)
-                    self._bytes -= _nbytes(old)
+                    self._bytes -= old.nbytes
             return self._entries[key]
 
     @property
@@ -48,7 +48,3 @@ class NullEmbeddingCache:
 
     def __len__(self) -> int:
         return len(self._entries)
-
-
-def _nbytes(tensor: torch.Tensor) -> int:
-    return tensor.numel() * tensor.element_size()
