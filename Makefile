@@ -30,10 +30,11 @@ soak: install
 		$(PY) -m pytest -q -p no:cacheprovider tests/soak tests/e2e/test_faults.py $(PYTEST_ARGS)
 	$(PY) -m tests.soak.summary runs/soak
 
-# Re-train the bundled models with their recipe (deploy/model-repository/MODEL_CARD.md; about
-# 80 min on 2 CPU cores; resumable) and install them into deploy/model-repository.
+# Re-train the bundled models with their recipe (deploy/model-repository/phantom/1/MODEL_CARD.md;
+# about 80 min on 2 CPU cores; resumable) and add them to deploy/model-repository as the next
+# version of the phantom generator.
 models: install
-	$(VENV)/bin/genaug train all --export deploy/model-repository --threads 1
+	$(VENV)/bin/genaug train all --export deploy/model-repository/phantom --threads 1
 
 # Does augmentation help? `genaug study` on the bundled hard benchmark: both regimes' models,
 # synthesis through the services, 6 arms x 5 seeds x 2 regimes, report in runs/study/report

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from benchmarks.common import machine_facts, write_results
+from services.models.generators import generator_dir
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +66,7 @@ def contact_sheet(path: Path, rows: list[tuple[str, np.ndarray]]) -> Path:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model-dir", type=Path, default=DEFAULT_MODEL_DIR)
+    parser.add_argument("--generator", default="", help="generator to measure (default: default)")
     parser.add_argument("--dataset-root", type=Path, default=Path("runs/data"))
     parser.add_argument("--name", default="Phantom")
     parser.add_argument("--clips-per-class", type=int, default=10)
@@ -88,10 +90,11 @@ def main(argv: list[str] | None = None) -> dict:
     from services.models.vae import load_vae
 
     _ensure_data(args.dataset_root, args.name)
-    classes = json.loads((args.model_dir / "classes.json").read_text())
-    vae = load_vae(args.model_dir / "vae").eval()
-    unet = SequenceUNet.from_pretrained(args.model_dir / "ldm")
-    classifier = VideoClassifier.from_pretrained(args.model_dir / "classifier")
+    folder = generator_dir(args.model_dir, args.generator)
+    classes = json.loads((folder / "classes.json").read_text())
+    vae = load_vae(folder / "vae").eval()
+    unet = SequenceUNet.from_pretrained(folder / "ldm")
+    classifier = VideoClassifier.from_pretrained(folder / "classifier")
 
     test = load_clips(args.dataset_root, args.name, "test", classes)
     cond = load_conditions(args.dataset_root, args.name, test)

@@ -37,10 +37,11 @@ def worker(threshold_bytes: int, batch: int, steps: int) -> None:
     import torch
 
     from services.common.config import DEFAULT_MODEL_DIR
+    from services.models.generators import generator_dir
     from services.models.ldm import SamplingRequest, SequenceSampler, SequenceUNet
 
     torch.set_num_threads(1)
-    unet = SequenceUNet.from_pretrained(DEFAULT_MODEL_DIR / "ldm").eval()
+    unet = SequenceUNet.from_pretrained(generator_dir(DEFAULT_MODEL_DIR) / "ldm").eval()
     side = unet.config.sample_size
     width = unet.config.text_embed_dim or unet.config.cross_attention_dim
     empty = torch.zeros(7, width)

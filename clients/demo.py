@@ -17,6 +17,7 @@ from pathlib import Path
 
 from clients.local_cluster import LocalCluster, available_services
 from genaug.ports import DEFAULT_PORTS
+from services.models.generators import generator_dir
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +70,8 @@ def run(args: argparse.Namespace) -> int:
     model_dir = args.model_dir or DEFAULT_MODEL_DIR
     steps, guidance, source = sampling_defaults(model_dir)
     steps, guidance = args.steps or steps, args.guidance or guidance
-    classes = model_dir / "classes.json"  # the trained models' class ids, when present
+    # The default generator's class ids, when its folder has them.
+    classes = generator_dir(model_dir) / "classes.json"
     names = available_services()
     missing = [n for n in DEFAULT_PORTS if n not in names]
     print(f"starting services: {', '.join(names)}")

@@ -33,6 +33,8 @@ class FilterSettings:
         skip: the levels that keep every clip ("semantic", "sequential", "duplicates").
         band_scope: "pool" or "class" (`--sequential-band`).
         deadline: the least time allowed for a call (a large pool gets more).
+        model, model_version: the generator whose VAE and classifier score the pool (the one
+            that generated it); empty: the filter's default.
     """
 
     target: str | None
@@ -42,6 +44,8 @@ class FilterSettings:
     skip: frozenset[str]
     band_scope: str
     deadline: float
+    model: str = ""
+    model_version: str = ""
 
     def timeout(self, clips: int) -> float:
         return max(self.deadline, 60.0 + 5.0 * clips)
@@ -126,6 +130,8 @@ def _ask(client, items: list[WorkItem], out: Path, settings: FilterSettings) -> 
         skip_duplicates="duplicates" in settings.skip,
         band_scope=settings.band_scope,
         timeout=settings.timeout(len(items)),
+        model=settings.model,
+        model_version=settings.model_version,
     )
 
 

@@ -19,25 +19,60 @@ class VaeCodecClient:
         self._stub = vae_codec_pb2_grpc.VaeCodecStub(channel)
 
     @translate_errors
-    def encode(self, frames: np.ndarray, timeout: float | None = None) -> np.ndarray:
-        """frames float32 (T,1,H,W) in [-1,1] -> scaled latents float32 (T,4,H/8,W/8)."""
+    def encode(
+        self,
+        frames: np.ndarray,
+        timeout: float | None = None,
+        model: str = "",
+        model_version: str = "",
+    ) -> np.ndarray:
+        """frames float32 (T,1,H,W) in [-1,1] -> scaled latents float32 (T,C,H/f,W/f), with the
+        VAE of generator `model` ("" = the default) at `model_version` ("" = the latest)."""
         frames = np.asarray(frames, dtype=np.float32)
         if frames.nbytes > STREAM_THRESHOLD_BYTES:
-            replies = self._stub.EncodeStream(wire.iter_chunks("frames", frames), timeout=timeout)
+            replies = self._stub.EncodeStream(
+                wire.iter_chunks("frames", frames),
+                timeout=timeout,
+                metadata=_model_metadata(model, model_version),
+            )
             return wire.assemble(replies, field="response")["latents"]
-        request = vae_codec_pb2.EncodeRequest(frames=wire.to_proto(frames))
+        request = vae_codec_pb2.EncodeRequest(
+            frames=wire.to_proto(frames), model=model, model_version=model_version
+        )
         return wire.from_proto(self._stub.Encode(request, timeout=timeout).latents, "latents")
 
     @translate_errors
-    def decode(self, latents: np.ndarray, timeout: float | None = None) -> np.ndarray:
-        """Scaled latents float32 (T,C,h,w) -> frames float32 (T,1,8h,8w) in [-1,1]."""
+    def decode(
+        self,
+        latents: np.ndarray,
+        timeout: float | None = None,
+        model: str = "",
+        model_version: str = "",
+    ) -> np.ndarray:
+        """Scaled latents float32 (T,C,h,w) -> frames float32 (T,1,h*f,w*f) in [-1,1], with the
+        VAE of generator `model` ("" = the default) at `model_version` ("" = the latest)."""
         latents = np.asarray(latents, dtype=np.float32)
         if latents.nbytes * 16 > STREAM_THRESHOLD_BYTES:  # the reply is 16x larger
-            replies = self._stub.DecodeStream(wire.iter_chunks("latents", latents), timeout=timeout)
+            replies = self._stub.DecodeStream(
+                wire.iter_chunks("latents", latents),
+                timeout=timeout,
+                metadata=_model_metadata(model, model_version),
+            )
             return wire.assemble(replies, field="response")["frames"]
-        request = vae_codec_pb2.DecodeRequest(latents=wire.to_proto(latents))
+        request = vae_codec_pb2.DecodeRequest(
+            latents=wire.to_proto(latents), model=model, model_version=model_version
+        )
         return wire.from_proto(self._stub.Decode(request, timeout=timeout).frames, "frames")
 
     @translate_errors
-    def info(self, timeout: float | None = None) -> vae_codec_pb2.CodecInfo:
-        return self._stub.GetCodecInfo(vae_codec_pb2.GetCodecInfoRequest(), timeout=timeout)
+    def info(
+        self, timeout: float | None = None, model: str = "", model_version: str = ""
+    ) -> vae_codec_pb2.CodecInfo:
+        request = vae_codec_pb2.GetCodecInfoRequest(model=model, model_version=model_version)
+        return self._stub.GetCodecInfo(request, timeout=timeout)
+
+
+def _model_metadata(model: str, version: str) -> tuple[tuple[str, str], ...]:
+    """A stream's generator, as metadata (its messages are raw tensor chunks)."""
+    pairs = (("genaug-model", model), ("genaug-model-version", version))
+    return tuple((key, value) for key, value in pairs if value)

@@ -103,6 +103,8 @@ class FilterClient:
         reference_band_quantile: float = 0.0,
         check_memorisation: bool = False,
         memorisation_quantile: float = 0.0,
+        model: str = "",
+        model_version: str = "",
     ) -> FilterResult:
         """The FilterPool RPC: verdicts for a pool; `clips` is consumed lazily (a generator keeps
         one clip in memory).
@@ -113,6 +115,8 @@ class FilterClient:
         `references`: real training clips (case_id = patient, label = class), sent before the
         pool; they also give every verdict its nearest-reference distance and, with
         `check_memorisation`, reject near-copies (0 quantiles mean the service's defaults).
+        `model` / `model_version`: the generator whose VAE and classifier score the pool (the
+        one that generated it); empty: the filter's default generator, at its latest version.
         """
         if band_scope not in BAND_SCOPES:
             raise ValueError(f"band_scope must be one of {tuple(BAND_SCOPES)}, got {band_scope!r}")
@@ -126,6 +130,8 @@ class FilterClient:
             reference_band_quantile=reference_band_quantile,
             check_memorisation=check_memorisation,
             memorisation_quantile=memorisation_quantile,
+            model=model,
+            model_version=model_version,
         )
 
         def message(c: PoolClip) -> pb.PoolClip:

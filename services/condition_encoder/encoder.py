@@ -17,8 +17,9 @@ from pathlib import Path
 import numpy as np
 
 from genaug.deadline import Deadline
-from genaug.errors import InvalidArgument
+from genaug.errors import GenaugError, InvalidArgument
 from genaug.slots import ComputeSlots
+from services.models.generators import generator_dir
 from services.models.medsam import (
     PRIOR_SHAPE,
     ImagePriorEncoder,
@@ -57,8 +58,8 @@ class ConditionEncoder:
     """The image-prior and text encoders of the service.
 
     Args:
-        model_dir: Model repository; a trained text projection is read from
-            `<model_dir>/text/projection.safetensors` when present.
+        model_dir: Model repository; a trained text projection is read from the default
+            generator's `text/projection.safetensors` when present.
         image_encoder: "litemedsam" (packaged real weights) or "medsam_vit_b" (needs
             `medsam_checkpoint`).
         medsam_checkpoint: Checkpoint for the image encoder (None: the packaged LiteMedSAM).
@@ -117,12 +118,19 @@ class ConditionEncoder:
                     batch_size=self.image_batch,
                 )
 
+    def _generator_dir(self) -> Path:
+        """The default generator's folder (its text projection was trained with its LDM)."""
+        try:
+            return generator_dir(self.model_dir)
+        except GenaugError:
+            return self.model_dir
+
     def load_text(self) -> None:
         with self._load_lock:
             if self.text is not None:
                 return
             kind = "clip" if self.clip_path is not None else "minilm"
-            trained = self.model_dir / PROJECTION_FILE
+            trained = self._generator_dir() / PROJECTION_FILE
             if trained.is_file():
                 self.projection, self.projection_path = "trained", trained
             elif self.text_dim is not None:

@@ -10,6 +10,12 @@ from services.common.server import ModelServer, TypedService
 from services.filter.model import ClassifierModel, VaeSeqModel
 from services.filter.scorer import PoolScorer
 from services.filter.servicer import FilterServicer
+from services.models.generators import RepositoryView
+from services.models.per_generator import (
+    DEFAULT_MAX_LOADED,
+    PerGenerator,
+    add_generator_arguments,
+)
 from services.models.vae import VAE_CONFIGS
 
 
@@ -20,14 +26,28 @@ def build_server(
     num_classes: int = 2,
     batch_frames: int = 8,
     max_pool_clips: int = 4096,
+    default_model: str = "",
+    max_loaded: int = DEFAULT_MAX_LOADED,
 ) -> ModelServer:
-    """The filter server for `config` (used by main and by the tests)."""
-    scorer = PoolScorer(
-        config.model_dir, vae_config, seed, num_classes, config.device, batch_frames
-    )
+    """The filter server for `config` (used by main and by the tests): the VAE and classifier
+    of each generator of the model repository, loaded on first use; the open-inference models
+    `vae_seq` / `classifier` are the default generator's."""
+    view = RepositoryView(config.model_dir, default_model)
+
+    def scorer_for(path):
+        return PoolScorer(path, vae_config, seed, num_classes, config.device, batch_frames)
+
+    def load(entry):
+        loaded = scorer_for(entry.path)
+        loaded.load()
+        return loaded
+
+    default = view.resolve()
+    scorer = scorer_for(default.path)  # loaded with the open-inference models, before SERVING
+    scorers = PerGenerator(view, load, max_loaded, preloaded={default.key: scorer})
     typed = TypedService(
         filter_pb2.DESCRIPTOR.services_by_name["Filter"].full_name,
-        FilterServicer(scorer, max_pool_clips),
+        FilterServicer(scorers, max_pool_clips),
         filter_pb2_grpc.add_FilterServicer_to_server,
     )
     return ModelServer(config, [VaeSeqModel(scorer), ClassifierModel(scorer)], [typed])
@@ -53,6 +73,7 @@ def add_arguments(parser) -> None:
     g.add_argument(
         "--max-pool-clips", type=int, default=4096, help="largest pool accepted (default 4096)"
     )
+    add_generator_arguments(g)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -66,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
             args.num_classes,
             args.batch_frames,
             args.max_pool_clips,
+            args.default_model,
+            args.max_loaded_models,
         ),
         add_arguments,
         argv,

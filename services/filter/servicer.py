@@ -21,6 +21,7 @@ from genaug.v1 import filter_pb2 as pb
 from genaug.v1 import filter_pb2_grpc
 from services.filter import memorisation, metrics, pool, reference_band
 from services.filter.scorer import PoolScorer
+from services.models.per_generator import PerGenerator
 
 # FilterOptions.BandScope -> PoolOptions.band_scope.
 BAND_SCOPES = {
@@ -90,10 +91,12 @@ def references_from_proto(message: pb.FilterOptions) -> References:
 
 
 class FilterServicer(filter_pb2_grpc.FilterServicer):
-    """Args: scorer: the loaded networks; max_clips: largest pool accepted."""
+    """Args: scorers: each generator's networks (its VAE and classifier), loaded on first use;
+    the pool's FilterOptions name the generator (`model`, `model_version`); max_clips: largest
+    pool accepted."""
 
-    def __init__(self, scorer: PoolScorer, max_clips: int = 4096):
-        self.scorer = scorer
+    def __init__(self, scorers: PerGenerator[PoolScorer], max_clips: int = 4096):
+        self.scorers = scorers
         self.max_clips = max_clips
 
     def FilterPool(self, request_iterator, context):
@@ -105,6 +108,7 @@ class FilterServicer(filter_pb2_grpc.FilterServicer):
         first_index: dict[str, int] = {}
         first_reference: dict[str, int] = {}
         shape: tuple[int, ...] | None = None
+        scorer: PoolScorer | None = None
         for index, request in enumerate(request_iterator):
             part = request.WhichOneof("part")
             if index == 0:
@@ -115,10 +119,11 @@ class FilterServicer(filter_pb2_grpc.FilterServicer):
                     )
                 options = options_from_proto(request.options)
                 refs = references_from_proto(request.options)
+                scorer = self.scorers.get(request.options.model, request.options.model_version)
                 continue
             if part == "reference":
                 shape = self._add_reference(
-                    request.reference, refs, options, shape, first_reference, deadline
+                    scorer, request.reference, refs, options, shape, first_reference, deadline
                 )
                 continue
             if part != "clip":
@@ -132,9 +137,9 @@ class FilterServicer(filter_pb2_grpc.FilterServicer):
                     "clips", f"the pool has more than {self.max_clips} clips; split it"
                 )
             clip_msg = request.clip
-            clip = self._validated_clip(clip_msg, i, shape, first_index)
+            clip = self._validated_clip(scorer, clip_msg, i, shape, first_index)
             shape = clip.shape
-            result = self.scorer.score_clip(clip, deadline)
+            result = scorer.score_clip(clip, deadline)
             signatures.append(memorisation.signature(clip))
             ce = pool.cross_entropy(result.logits[None], [clip_msg.label])[0]
             scores.append(
@@ -155,15 +160,15 @@ class FilterServicer(filter_pb2_grpc.FilterServicer):
         deadline.check("pool decisions")
         return _decide(scores, signatures, options, refs)
 
-    def _add_reference(self, message, refs, options, shape, first_reference, deadline):
+    def _add_reference(self, scorer, message, refs, options, shape, first_reference, deadline):
         """Validates and records one reference clip (its VAE-Seq only if a band needs it);
         returns its shape (every clip and reference must share it)."""
         j = len(refs.ids)
         if j >= self.max_clips:
             raise InvalidArgument("references", f"more than {self.max_clips} reference clips")
-        clip = self._validated_clip(message, j, shape, first_reference, "references")
+        clip = self._validated_clip(scorer, message, j, shape, first_reference, "references")
         if options.band_scope == "reference":
-            refs.vae_seq.append(self.scorer.score_clip(clip, deadline).vae_seq)
+            refs.vae_seq.append(scorer.score_clip(clip, deadline).vae_seq)
         refs.ids.append(message.clip_id)
         refs.cases.append(message.case_id)
         refs.labels.append(int(message.label))
@@ -172,7 +177,7 @@ class FilterServicer(filter_pb2_grpc.FilterServicer):
         return clip.shape
 
     def _validated_clip(
-        self, clip_msg, i: int, shape, first_index: dict[str, int], kind: str = "clips"
+        self, scorer, clip_msg, i: int, shape, first_index: dict[str, int], kind: str = "clips"
     ):
         """Checks ids, label and tensor of `<kind>[i]`; returns the clip array."""
         field = f"{kind}[{i}]"
@@ -185,7 +190,7 @@ class FilterServicer(filter_pb2_grpc.FilterServicer):
             )
         if not clip_msg.case_id:
             raise InvalidArgument(f"{field}.case_id", "is empty")
-        self.scorer.check_label(clip_msg.label, f"{field}.label")
+        scorer.check_label(clip_msg.label, f"{field}.label")
         if not wire.is_set(clip_msg.clip):
             raise InvalidArgument(f"{field}.clip", "is not set")
         clip = wire.from_proto(clip_msg.clip, f"{field}.clip")
@@ -194,7 +199,7 @@ class FilterServicer(filter_pb2_grpc.FilterServicer):
                 f"{field}.clip.shape",
                 f"is {list(clip.shape)}; every clip of a pool must match clips[0] {list(shape)}",
             )
-        self.scorer.check_clip(clip, f"{field}.clip")
+        scorer.check_clip(clip, f"{field}.clip")
         return clip
 
 

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from services.data.safety import output_within
+from services.models.generators import generator_dir
 from services.models.medsam import PRIOR_SHAPE, load_image_prior_encoder
 from services.models.onnx_graphs import (
     DEFAULT_OPSET,
@@ -147,7 +148,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--model-dir",
         type=Path,
         default=Path("deploy/model-repository"),
-        help="model repository; the VAE is read from <model-dir>/vae (default %(default)s)",
+        help="model repository; the VAE is that of --generator (default %(default)s)",
+    )
+    parser.add_argument(
+        "--generator", default="", help="generator whose VAE to export (default: the default)"
     )
     parser.add_argument(
         "--out", type=Path, default=Path("runs/onnx"), help="output folder (default %(default)s)"
@@ -192,7 +196,8 @@ def run(args: argparse.Namespace) -> int:
     models = list(dict.fromkeys(args.models))
     specs: list[ExportSpec] = []
     if {"vae_encode", "vae_decode"} & set(models):
-        specs += vae_specs(args.model_dir / "vae", args.vae_config, args.seed)
+        vae_dir = generator_dir(args.model_dir, args.generator) / "vae"
+        specs += vae_specs(vae_dir, args.vae_config, args.seed)
     if "image_prior" in models:
         specs.append(image_prior_spec(args.prior_checkpoint))
     specs = sorted((s for s in specs if s.name in models), key=lambda s: models.index(s.name))

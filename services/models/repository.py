@@ -107,6 +107,11 @@ class GeneratorCard:
         return cls.from_dict(data, where)
 
 
+def valid_name(name: str) -> bool:
+    """Whether `name` can name a generator (and its repository folder)."""
+    return bool(_NAME.match(name))
+
+
 def dataset_fingerprint(root: str | os.PathLike, name: str) -> str:
     """sha256 (hex) of the dataset's training metadata file (`<DS>_volume/train_metadata.jsonl`)."""
     path = layout.metadata_path(root, name, "train")

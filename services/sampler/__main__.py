@@ -10,13 +10,16 @@ from services.common.entrypoint import service_main
 from services.common.server import ModelServer, TypedService
 from services.sampler.backend import SamplerBackend
 from services.sampler.engine import ContinuousBatchingEngine
+from services.sampler.kserve_models import sync_models
 from services.sampler.limits import RequestLimits
 from services.sampler.result_cache import DEFAULT_MAX_BYTES
 from services.sampler.servicer import SamplerServicer, generate_threads
+from services.sampler.watcher import RepositoryWatcher
 
 
 class SamplerRuntime:
-    """Loads the model, then starts the engine (before SERVING); stops it on shutdown."""
+    """Loads the generators, then starts the engine (before SERVING) and, with `poll_s`, the
+    model repository's watcher (hot loading); stops both on shutdown."""
 
     def __init__(
         self,
@@ -25,21 +28,37 @@ class SamplerRuntime:
         max_batch_size: int,
         max_queue: int,
         result_cache: tuple[int, int] = (256, DEFAULT_MAX_BYTES),
+        poll_s: float = 0.0,
     ):
         self.backend, self.servicer = backend, servicer
         self.max_batch_size, self.max_queue = max_batch_size, max_queue
         self.result_cache = result_cache  # (entries, bytes) kept for retries
         self.engine: ContinuousBatchingEngine | None = None
+        self.watcher = RepositoryWatcher(self.refresh, poll_s) if poll_s > 0 else None
+        self.kserve_models: dict | None = None  # the server's KServe v2 registry, when served
 
     def load(self) -> None:
-        if self.backend.sampler is None:
+        if not self.backend.loaded:
             self.backend.load()
+
+    def refresh(self) -> list[str]:
+        """One scan of the model repository (hot loading); the KServe v2 models follow."""
+        changes = self.backend.refresh()
+        self._sync_kserve()
+        return changes
+
+    def _sync_kserve(self) -> None:
+        if self.kserve_models is not None:
+            sync_models(self.kserve_models, self.backend, self.servicer)
 
     def warmup(self) -> None:
         self.backend.warmup()
+        self._sync_kserve()
         entries, nbytes = self.result_cache
+        if self.watcher is not None:
+            self.watcher.start()
         self.engine = ContinuousBatchingEngine(
-            self.backend.sampler,
+            self.backend.router,
             self.max_batch_size,
             self.max_queue,
             completed_cache=entries,
@@ -55,6 +74,8 @@ class SamplerRuntime:
         self.stop()
 
     def stop(self) -> None:
+        if self.watcher is not None:
+            self.watcher.stop()
         if self.engine is not None:
             self.engine.close()
 
@@ -65,9 +86,10 @@ def build_server(
     max_batch_size: int = 4,
     max_queue: int = 64,
     result_cache: tuple[int, int] = (256, DEFAULT_MAX_BYTES),
+    poll_s: float = 0.0,
 ) -> ModelServer:
     servicer = SamplerServicer(None, backend)
-    runtime = SamplerRuntime(backend, servicer, max_batch_size, max_queue, result_cache)
+    runtime = SamplerRuntime(backend, servicer, max_batch_size, max_queue, result_cache, poll_s)
     typed = TypedService(
         sampler_pb2.DESCRIPTOR.services_by_name["Sampler"].full_name,
         servicer,
@@ -75,6 +97,7 @@ def build_server(
         method_threads={"Generate": generate_threads(max_batch_size, max_queue)},
     )
     server = ModelServer(config, [], [typed], on_stop=runtime.stop, components=[runtime])
+    runtime.kserve_models = server.models  # one KServe v2 model per generator, once loaded
     server.runtime = runtime
     return server
 
@@ -131,6 +154,24 @@ def add_arguments(parser) -> None:
         help=f"pixels of a reference frame's longer side (default {limits.max_frame_side})",
     )
     parser.add_argument(
+        "--models",
+        default="",
+        help="comma-separated generators of the model repository to serve (default: all)",
+    )
+    parser.add_argument(
+        "--default-model",
+        default="",
+        help="generator for requests that name none (default: the repository's "
+        "repository.json, else the only one)",
+    )
+    parser.add_argument(
+        "--repository-poll-s",
+        type=_at_least_zero(float),
+        default=30.0,
+        help="seconds between scans of the model repository for new generators and versions, "
+        "loaded without a restart; 0 disables (default 30)",
+    )
+    parser.add_argument(
         "--num-classes",
         type=int,
         default=3,
@@ -160,9 +201,13 @@ def main(argv: list[str] | None = None) -> int:
             args.default_steps,
             args.default_guidance,
             RequestLimits(max_frames=args.max_frames, max_frame_side=args.max_frame_side),
+            models=[m for m in args.models.split(",") if m],
+            default_model=args.default_model,
         )
         cache = (args.result_cache_entries, int(args.result_cache_mib * 2**20))
-        return build_server(config, backend, args.max_batch_size, args.max_queue, cache)
+        return build_server(
+            config, backend, args.max_batch_size, args.max_queue, cache, args.repository_poll_s
+        )
 
     return service_main("sampler", __doc__, build, add_arguments, argv)
 

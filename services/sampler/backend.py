@@ -8,9 +8,8 @@ when the codec is co-located (no `--codec-target`).
 
 from __future__ import annotations
 
-import json
 import logging
-from dataclasses import replace
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -19,12 +18,17 @@ import torch
 from clients.rpc.conditions import GrpcConditions
 from genaug import wire
 from genaug.deadline import Deadline
-from genaug.errors import InvalidArgument, NotFound
-from services.models.ldm.pipeline import SOLVERS, SamplingRequest, SequenceSampler
-from services.models.ldm.unet import WEIGHTS_NAME, SequenceUNet
-from services.models.repository import GeneratorCard, read_card
+from genaug.errors import GenaugError, InvalidArgument
+from services.models.generators import GeneratorEntry, default_model, pick, scan
+from services.models.ldm.pipeline import SOLVERS, SamplingRequest
+from services.models.repository import CARD_FILE, GeneratorCard
 from services.models.runtime import resolve_device, resolve_dtype
-from services.models.vae_codec import VaeCodec
+from services.sampler.generators import (
+    GeneratorRouter,
+    LoadedGenerator,
+    RoutedRequest,
+    load_generator,
+)
 from services.sampler.limits import RequestLimits
 
 logger = logging.getLogger(__name__)
@@ -54,16 +58,21 @@ def _tensor(message, field: str) -> torch.Tensor | None:
 
 
 class SamplerBackend:
-    """Loads the sequence LDM and turns typed requests into `SamplingRequest`s.
+    """Loads the generators of a model repository and turns typed requests into routed
+    sampling requests (`generators.RoutedRequest`).
 
     Args:
-        model_dir: model repository (`ldm/`, `vae/`, `classes.json`, `card.json`: the
-            generator's card, `services.models.repository`; derived when absent).
+        model_dir: model repository: `<model>/<version>/` folders of generators
+            (`services.models.generators`), or one generator's folder (`ldm/`, `vae/`,
+            `classes.json`, `card.json`).
         device: "auto", "cpu", "cuda", ...
         encoder_target / motion_target / codec_target: service addresses; None means text is
             encoded in-process, reference clips cannot be turned into conditions here, and
-            decoding runs in-process.
+            decoding runs in-process (with each generator's own VAE).
         num_classes: classes of the seeded model used when `ldm/` holds no weights.
+        models: serve only these generators (default: every one in the repository).
+        default_model: what requests naming no model get (default: the repository's
+            `repository.json`, else the only generator).
     """
 
     def __init__(
@@ -77,6 +86,8 @@ class SamplerBackend:
         default_steps: int = 50,
         default_guidance: float = 7.5,
         limits: RequestLimits | None = None,
+        models: list[str] | None = None,
+        default_model: str = "",
     ):
         self.model_dir = Path(model_dir)
         self.device = resolve_device(device)
@@ -86,72 +97,111 @@ class SamplerBackend:
         self.default_steps = default_steps
         self.default_guidance = default_guidance
         self.limits = limits or RequestLimits()
-        self.sampler: SequenceSampler | None = None
-        self.provenance = ""
-        self.classes: list[str] = []
-        # The generators served, by name (one today: the model directory's), and the default.
-        self.cards: dict[str, GeneratorCard] = {}
+        self.models = list(models or [])
+        self.configured_default = default_model
+        self.router = GeneratorRouter()
+        # The generators served, by name; replaced whole (never mutated) so readers need no lock.
+        self.generators: dict[str, LoadedGenerator] = {}
         self.default_model = ""
+        self._failed: dict[str, tuple] = {}  # name -> the version key that failed to load
+        self._refresh_lock = threading.Lock()
+        self._empty_text: torch.Tensor | None = None
         self._clients: dict[str, object] = {}
         self._text_encoder = None
-        self._local_codec = None
 
     # -- loading ------------------------------------------------------------------------------
-    def load(self) -> None:
-        ldm_dir = self.model_dir / "ldm"
-        if (ldm_dir / WEIGHTS_NAME).is_file():
-            unet = SequenceUNet.from_pretrained(ldm_dir, torch_dtype=self.dtype).to(self.device)
-            self.provenance = "trained"
-        else:
-            logger.warning("no LDM weights in %s: seeded small model (untrained)", ldm_dir)
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(0)
-                unet = SequenceUNet.from_preset("small", num_classes=self.num_classes)
-            self.provenance = "seeded-initialisation"
-        classes_file = self.model_dir / "classes.json"
-        n = unet.config.num_classes or 0
-        self.classes = (
-            json.loads(classes_file.read_text())
-            if classes_file.is_file()
-            else [str(i) for i in range(n)]
-        )
-        self._load_card(unet)
-        self._connect()
-        empty = torch.from_numpy(self.encode_text([""], Deadline.none())[0])
-        self.sampler = SequenceSampler(unet, empty, self.device, self.dtype)
-        if not self.targets["codec"]:
-            self._local_codec = VaeCodec(self.model_dir / "vae", device=str(self.device))
-            self._local_codec.load()
+    @property
+    def loaded(self) -> bool:
+        return bool(self.generators)
 
-    def _load_card(self, unet: SequenceUNet) -> None:
-        """The model directory's card, its gaps filled from the loaded UNet; its classes must be
-        the ones the UNet's class ids index."""
-        card = read_card(self.model_dir)
-        if card.class_names and list(card.class_names) != self.classes:
-            raise InvalidArgument(
-                "card.json.class_names",
-                f"{list(card.class_names)} differ from the model's classes {self.classes}",
-            )
-        cfg = unet.config
-        side = cfg.sample_size * unet.latent_downsample
-        card = replace(
-            card,
-            class_names=tuple(self.classes),
-            latent_channels=card.latent_channels or int(cfg.in_channels),
-            height=card.height or side,
-            width=card.width or side,
+    @property
+    def cards(self) -> dict[str, GeneratorCard]:
+        return {name: g.card for name, g in self.generators.items()}
+
+    def load(self) -> None:
+        """Load every generator to serve; an error in any of them fails the start."""
+        self._connect()
+        self._empty_text = torch.from_numpy(self.encode_text([""], Deadline.none())[0])
+        entries = scan(self.model_dir, self.models or None)
+        loaded = {name: self._load(entry) for name, entry in entries.items()}
+        self.default_model = default_model(self.model_dir, entries, self.configured_default)
+        self.generators = loaded
+
+    def _load(self, entry: GeneratorEntry) -> LoadedGenerator:
+        generator = load_generator(
+            entry,
+            self.device,
+            self.dtype,
+            self._empty_text,
+            self.num_classes,
+            decode_locally=not self.targets["codec"],
         )
-        self.cards = {card.name: card}
-        self.default_model = card.name
+        logger.info(
+            "generator %s version %s (%s, classes %s) from %s",
+            entry.name,
+            entry.version,
+            generator.provenance,
+            ",".join(generator.classes),
+            entry.path,
+        )
+        return generator
+
+    def refresh(self) -> list[str]:
+        """Hot loading: load generators new to the repository and new versions of served
+        ones, drop those that left it; the old version finishes the requests it began.
+        A version that fails to load is logged and not retried until its folder changes;
+        what was served goes on being served. Returns what changed, for the log."""
+        with self._refresh_lock:
+            try:
+                entries = scan(self.model_dir, self.models or None)
+                default = default_model(self.model_dir, entries, self.configured_default)
+            except GenaugError as error:
+                logger.error("model repository %s: %s; serving as before", self.model_dir, error)
+                return []
+            current = dict(self.generators)
+            changes = []
+            for name, entry in entries.items():
+                served = current.get(name)
+                key = (entry.version, _stamp(entry.path))
+                if served is not None and served.entry.version == entry.version:
+                    continue
+                if self._failed.get(name) == key:
+                    continue
+                try:
+                    generator = self._load(entry)
+                    generator.warmup()
+                except Exception as error:  # a bad export must not take the sampler down
+                    self._failed[name] = key
+                    logger.error("generator %s version %s failed to load: %s",
+                                 name, entry.version, error)  # fmt: skip
+                    continue
+                self._failed.pop(name, None)
+                current[name] = generator
+                changes.append(f"{name} {served.entry.version if served else '-'} -> "
+                               f"{entry.version}")  # fmt: skip
+            for name in sorted(set(current) - set(entries)):
+                changes.append(f"{name} {current.pop(name).entry.version} -> removed")
+            if default not in current:
+                default = next(iter(current)) if len(current) == 1 else ""
+            self.generators, self.default_model = current, default
+            for change in changes:
+                logger.info("model repository: generator %s", change)
+            return changes
+
+    def generator(self, name: str) -> LoadedGenerator:
+        """Generator `name` ("" = the default).
+
+        Raises:
+            NotFound: naming the served generators.
+            InvalidArgument: no name and several generators without a default.
+        """
+        generators = self.generators
+        entry = pick({n: g.entry for n, g in generators.items()}, name, self.default_model)
+        return generators[entry.name]
 
     def check_model(self, name: str) -> GeneratorCard:
         """The card of generator `name` ("" = the default); NotFound naming the known ones."""
-        card = self.cards.get(name or self.default_model)
-        if card is None:
-            known = ", ".join(sorted(self.cards)) or "none loaded"
-            shown = repr(name[:64]) + ("..." if len(name) > 64 else "")  # never echo 100 kB
-            raise NotFound(f"model: {shown} is not a generator of this sampler (known: {known})")
-        return card
+        return self.generator(name).card
 
     def _connect(self) -> None:
         from clients.rpc.channel import open_channel
@@ -161,7 +211,7 @@ class SamplerBackend:
 
         makers = {"encoder": ConditionEncoderClient, "motion": MotionExtractorClient}
         for name, target in self.targets.items():
-            if not target:
+            if not target or name in self._clients:
                 continue
             channel = open_channel(target)
             wait_until_serving(channel, timeout=300)
@@ -173,23 +223,19 @@ class SamplerBackend:
                 self._clients[name] = makers[name](channel)
 
     def warmup(self) -> None:
-        cfg = self.sampler.unet.config
-        request = SamplingRequest(
-            num_frames=2,
-            class_label=0 if cfg.num_classes else None,
-            num_inference_steps=1,
-            latent_size=(cfg.sample_size, cfg.sample_size),
-        )
-        self.sampler.generate([request])
+        for generator in self.generators.values():
+            generator.warmup()
 
     def parameters(self) -> dict[str, str]:
-        cfg = self.sampler.unet.config
+        default = self.generators.get(self.default_model) or next(iter(self.generators.values()))
         return {
-            "weights": self.provenance,
-            "classes": ",".join(self.classes),
+            "weights": default.provenance,
+            "models": ",".join(sorted(self.generators)),
+            "default_model": self.default_model,
+            "classes": ",".join(default.classes),
             "device": str(self.device),
             "dtype": str(self.dtype).removeprefix("torch."),
-            "latent_size": str(cfg.sample_size),
+            "latent_size": str(default.sampler.unet.config.sample_size),
             "decode": "grpc" if self.targets["codec"] else "in-process",
         }
 
@@ -204,16 +250,20 @@ class SamplerBackend:
             self._text_encoder = load_text_encoder("minilm")
         return self._text_encoder.encode(texts)
 
-    def build(self, request, deadline: Deadline) -> SamplingRequest:
-        """Validate a GenerateRequest and gather its conditions (fetching missing ones)."""
-        self.check_model(request.model)
+    def build(
+        self, request, deadline: Deadline, generator: LoadedGenerator | None = None
+    ) -> RoutedRequest:
+        """Validate a GenerateRequest against its generator (`request.model`, or the one
+        given) and gather its conditions (fetching missing ones)."""
+        generator = generator or self.generator(request.model)
         self.limits.check(request)
-        cfg = self.sampler.unet.config
+        cfg = generator.sampler.unet.config
         c = request.conditions
         if cfg.num_classes and not 0 <= request.class_id < cfg.num_classes:
             raise InvalidArgument(
                 "class_id",
-                f"{request.class_id} is not in [0, {cfg.num_classes}) ({', '.join(self.classes)})",
+                f"{request.class_id} is not in [0, {cfg.num_classes}) of generator "
+                f"{generator.name} ({', '.join(generator.classes)})",
             )
         steps = request.steps or self.default_steps
         if not 1 <= steps <= self.limits.max_steps:
@@ -235,7 +285,7 @@ class SamplerBackend:
             prior, motion, traj, mask = self._fetch(reference, prior, motion, traj, mask, deadline)
         text = _tensor(c.text_embedding, "conditions.text_embedding")
         if text is not None:
-            self._check_text(text)
+            self._check_text(text, cfg)
         elif c.text:
             text = torch.from_numpy(np.array(self.encode_text([c.text], deadline)[0]))
         num_frames = request.num_frames or (
@@ -249,9 +299,9 @@ class SamplerBackend:
         if motion is None:
             side = cfg.sample_size
             if reference is not None:
-                side = reference.shape[-1] // self.sampler.unet.latent_downsample
+                side = reference.shape[-1] // generator.sampler.unet.latent_downsample
             latent_size = (side, side)
-        return SamplingRequest(
+        sampling = SamplingRequest(
             num_frames=int(num_frames),
             class_label=int(request.class_id) if cfg.num_classes else None,
             seed=int(request.seed % (1 << 63)),
@@ -265,11 +315,11 @@ class SamplerBackend:
             trajectory_mask=mask,
             latent_size=latent_size,
         )
+        return RoutedRequest(generator, sampling)
 
-    def _check_text(self, text: torch.Tensor) -> None:
+    def _check_text(self, text: torch.Tensor, cfg) -> None:
         """A caller's text embedding must have the model's token width (else a matmul deep
         in the UNet fails, and with it every request batched in the same step)."""
-        cfg = self.sampler.unet.config
         width = cfg.text_embed_dim or cfg.cross_attention_dim
         tokens = self.limits.max_text_tokens
         if text.dim() != 2 or text.shape[1] != width or not 1 <= text.shape[0] <= tokens:
@@ -310,9 +360,23 @@ class SamplerBackend:
             )
 
     # -- decoding -----------------------------------------------------------------------------
-    def decode(self, latents: np.ndarray, deadline: Deadline) -> np.ndarray:
-        """Scaled latents (T,C,h,w) -> frames (T,1,H,W) in [-1,1]."""
+    def decode(
+        self, latents: np.ndarray, deadline: Deadline, generator: LoadedGenerator
+    ) -> np.ndarray:
+        """Scaled latents (T,C,h,w) -> frames (T,1,H,W) in [-1,1], with the VAE of the
+        generator (and version) that sampled them."""
         client = self._clients.get("codec")
         if client is not None:
-            return client.decode(latents, timeout=deadline.downstream_timeout(default=120))
-        return self._local_codec.decode(latents, deadline)
+            return client.decode(
+                latents,
+                timeout=deadline.downstream_timeout(default=120),
+                model=generator.name,
+                model_version=generator.entry.version,
+            )
+        return generator.local_codec.decode(latents, deadline)
+
+
+def _stamp(path: Path) -> tuple:
+    """When a version folder or its card last changed (a failed load is retried after)."""
+    card = path / CARD_FILE
+    return (path.stat().st_mtime_ns, card.stat().st_mtime_ns if card.is_file() else 0)

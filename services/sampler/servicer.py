@@ -10,7 +10,7 @@ import numpy as np
 
 from genaug import wire
 from genaug.deadline import Deadline
-from genaug.errors import Unavailable
+from genaug.errors import DeadlineExceeded, Unavailable
 from genaug.v1 import sampler_pb2 as pb
 from genaug.v1 import sampler_pb2_grpc
 from services.models.repository import GeneratorCard
@@ -68,41 +68,64 @@ class SamplerServicer(sampler_pb2_grpc.SamplerServicer):
         self.engine = engine
         self.backend = backend
 
-    def Generate(self, request, context):
+    def _submit(self, request, deadline: Deadline):
+        """Admit `request` to the engine: (its job, the generator that samples it)."""
         if self.engine is None:
             raise Unavailable("the sampler is still loading")
-        deadline = Deadline.from_context(context)
         remaining = deadline.remaining()
         priority = Priority.BATCH if request.priority == pb.PRIORITY_BATCH else Priority.INTERACTIVE
+        generator = self.backend.generator(request.model)
         job = self.engine.submit(
             request.request_id,
             fingerprint(request),
-            lambda: self.backend.build(request, deadline),
+            lambda: self.backend.build(request, deadline, generator),
             priority,
             None if remaining is None else time.monotonic() + remaining,
             max(0, request.preview_every),
         )
+        with job._lock:  # a retry decodes with the version that sampled, not a newer one
+            generator = job.memo.setdefault("generator", generator)
+        return job, generator
+
+    def _events(self, job: Job, still_wanted):
+        """The job's events until its end; cancels it when its last caller goes away."""
         events = job.subscribe()
         try:
             while True:
                 try:
                     event = events.get(timeout=POLL_SECONDS)
                 except queue.Empty:
-                    if not context.is_active():
+                    if not still_wanted():
                         return
                     continue
                 if isinstance(event, Failed):
                     raise event.error
+                yield event
                 if isinstance(event, Finished):
-                    yield pb.GenerateEvent(
-                        request_id=job.request_id,
-                        result=self._result(job, event, request.decode, deadline),
-                    )
                     return
-                yield self._event(job.request_id, event)
         finally:
             if job.unsubscribe(events) == 0 and not job.finished:
                 self.engine.cancel(job.request_id, "every caller of this request went away")
+
+    def Generate(self, request, context):
+        deadline = Deadline.from_context(context)
+        job, generator = self._submit(request, deadline)
+        for event in self._events(job, context.is_active):
+            if isinstance(event, Finished):
+                yield pb.GenerateEvent(
+                    request_id=job.request_id,
+                    result=self._result(job, event, request.decode, deadline, generator),
+                )
+            else:
+                yield self._event(job.request_id, event)
+
+    def generate_result(self, request, deadline: Deadline) -> pb.GenerateResult:
+        """One generation to its result, without a stream (the KServe v2 generator models)."""
+        job, generator = self._submit(request, deadline)
+        for event in self._events(job, lambda: not deadline.expired()):
+            if isinstance(event, Finished):
+                return self._result(job, event, request.decode, deadline, generator)
+        raise DeadlineExceeded("deadline exceeded while generating")
 
     @staticmethod
     def _event(request_id: str, event: Progress | Queued) -> pb.GenerateEvent:
@@ -115,7 +138,7 @@ class SamplerServicer(sampler_pb2_grpc.SamplerServicer):
             wire.to_proto(preview(event.latents), progress.preview)
         return pb.GenerateEvent(request_id=request_id, progress=progress)
 
-    def _result(self, job: Job, event: Finished, decode: bool, deadline: Deadline):
+    def _result(self, job: Job, event: Finished, decode: bool, deadline: Deadline, generator):
         """Built once per job and decode flag, so a retry does not decode again."""
         key = ("result", decode)
         with job._lock:
@@ -125,13 +148,13 @@ class SamplerServicer(sampler_pb2_grpc.SamplerServicer):
         latents = event.latents.transpose(0, 1).contiguous().numpy()  # (T, C, h, w)
         result = pb.GenerateResult(latents=wire.to_proto(latents), seconds=event.seconds)
         if decode:
-            wire.to_proto(self.backend.decode(latents, deadline), result.frames)
+            wire.to_proto(self.backend.decode(latents, deadline, generator), result.frames)
         with job._lock:
             job.memo.setdefault(key, result)
             return job.memo[key]
 
     def ListModels(self, request, context):
-        if not self.backend.cards:
+        if not self.backend.loaded:
             raise Unavailable("the sampler is still loading")
         default = self.backend.default_model
         return pb.ListModelsResponse(

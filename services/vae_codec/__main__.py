@@ -7,6 +7,12 @@ import sys
 from genaug.v1 import vae_codec_pb2, vae_codec_pb2_grpc
 from services.common.entrypoint import service_main
 from services.common.server import ModelServer, TypedService
+from services.models.generators import RepositoryView
+from services.models.per_generator import (
+    DEFAULT_MAX_LOADED,
+    PerGenerator,
+    add_generator_arguments,
+)
 from services.models.vae import VAE_CONFIGS
 from services.models.vae_codec import VaeCodec
 from services.vae_codec.model import VaeDecodeModel, VaeEncodeModel
@@ -14,16 +20,33 @@ from services.vae_codec.servicer import VaeCodecServicer
 
 
 def build_server(
-    config, vae_config: str = "small", seed: int = 0, batch_frames: int = 8
+    config,
+    vae_config: str = "small",
+    seed: int = 0,
+    batch_frames: int = 8,
+    default_model: str = "",
+    max_loaded: int = DEFAULT_MAX_LOADED,
 ) -> ModelServer:
-    """The codec server for `config` (used by main and by the tests)."""
-    codec = VaeCodec(config.model_dir / "vae", vae_config, seed, config.device, batch_frames)
+    """The codec server for `config` (used by main and by the tests): the VAE of each
+    generator of the model repository, loaded on first use; the open-inference models
+    `vae_encode` / `vae_decode` are the default generator's."""
+    view = RepositoryView(config.model_dir, default_model)
+
+    def load(entry):
+        codec = VaeCodec(entry.path / "vae", vae_config, seed, config.device, batch_frames)
+        codec.load()
+        return codec
+
+    entry = view.resolve()
+    # Loaded with the open-inference models, before SERVING.
+    default = VaeCodec(entry.path / "vae", vae_config, seed, config.device, batch_frames)
+    codecs = PerGenerator(view, load, max_loaded, preloaded={entry.key: default})
     typed = TypedService(
         vae_codec_pb2.DESCRIPTOR.services_by_name["VaeCodec"].full_name,
-        VaeCodecServicer(codec),
+        VaeCodecServicer(codecs),
         vae_codec_pb2_grpc.add_VaeCodecServicer_to_server,
     )
-    return ModelServer(config, [VaeEncodeModel(codec), VaeDecodeModel(codec)], [typed])
+    return ModelServer(config, [VaeEncodeModel(default), VaeDecodeModel(default)], [typed])
 
 
 def add_arguments(parser) -> None:
@@ -35,13 +58,21 @@ def add_arguments(parser) -> None:
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of that initialisation")
     parser.add_argument("--batch-frames", type=int, default=8, help="frames per forward pass")
+    add_generator_arguments(parser)
 
 
 def main(argv: list[str] | None = None) -> int:
     return service_main(
         "vae_codec",
         __doc__,
-        lambda config, args: build_server(config, args.vae_config, args.seed, args.batch_frames),
+        lambda config, args: build_server(
+            config,
+            args.vae_config,
+            args.seed,
+            args.batch_frames,
+            args.default_model,
+            args.max_loaded_models,
+        ),
         add_arguments,
         argv,
     )

@@ -1,4 +1,7 @@
-"""Typed genaug.v1.VaeCodec API: unary calls for small clips, chunk streams for large ones."""
+"""Typed genaug.v1.VaeCodec API: unary calls for small clips, chunk streams for large ones.
+
+Each call is answered by the VAE of the generator it names (`model`, `model_version`; the
+`genaug-model` / `genaug-model-version` metadata on streams), loaded on first use."""
 
 from __future__ import annotations
 
@@ -6,7 +9,10 @@ from genaug import wire
 from genaug.deadline import Deadline
 from genaug.errors import InvalidArgument
 from genaug.v1 import vae_codec_pb2, vae_codec_pb2_grpc
+from services.models.per_generator import PerGenerator
 from services.models.vae_codec import VaeCodec
+
+MODEL_KEY, VERSION_KEY = "genaug-model", "genaug-model-version"
 
 
 def _single_tensor(chunks, name: str, max_bytes: int):
@@ -18,38 +24,48 @@ def _single_tensor(chunks, name: str, max_bytes: int):
     return tensors[name]
 
 
+def _named(context) -> tuple[str, str]:
+    """The generator a stream names in its metadata."""
+    metadata = dict(context.invocation_metadata() or ())
+    return str(metadata.get(MODEL_KEY, "")), str(metadata.get(VERSION_KEY, ""))
+
+
 class VaeCodecServicer(vae_codec_pb2_grpc.VaeCodecServicer):
-    def __init__(self, codec: VaeCodec, max_tensor_bytes: int = 1 << 32):
-        self.codec = codec
+    def __init__(self, codecs: PerGenerator[VaeCodec], max_tensor_bytes: int = 1 << 32):
+        self.codecs = codecs
         self.max_tensor_bytes = max_tensor_bytes
 
     def Encode(self, request, context):
+        codec = self.codecs.get(request.model, request.model_version)
         frames = wire.from_proto(request.frames, "frames")
-        latents = self.codec.encode(frames, Deadline.from_context(context))
+        latents = codec.encode(frames, Deadline.from_context(context))
         return vae_codec_pb2.EncodeResponse(latents=wire.to_proto(latents))
 
     def Decode(self, request, context):
+        codec = self.codecs.get(request.model, request.model_version)
         latents = wire.from_proto(request.latents, "latents")
-        frames = self.codec.decode(latents, Deadline.from_context(context))
+        frames = codec.decode(latents, Deadline.from_context(context))
         return vae_codec_pb2.DecodeResponse(frames=wire.to_proto(frames))
 
     def EncodeStream(self, request_iterator, context):
+        codec = self.codecs.get(*_named(context))
         frames = _single_tensor(request_iterator, "frames", self.max_tensor_bytes)
-        yield from wire.iter_chunks(
-            "latents", self.codec.encode(frames, Deadline.from_context(context))
-        )
+        yield from wire.iter_chunks("latents", codec.encode(frames, Deadline.from_context(context)))
 
     def DecodeStream(self, request_iterator, context):
+        codec = self.codecs.get(*_named(context))
         latents = _single_tensor(request_iterator, "latents", self.max_tensor_bytes)
-        yield from wire.iter_chunks(
-            "frames", self.codec.decode(latents, Deadline.from_context(context))
-        )
+        yield from wire.iter_chunks("frames", codec.decode(latents, Deadline.from_context(context)))
 
     def GetCodecInfo(self, request, context):
+        entry = self.codecs.view.resolve(request.model, request.model_version)
+        codec = self.codecs.get(entry.name, entry.version)
         return vae_codec_pb2.CodecInfo(
-            latent_channels=self.codec.latent_channels,
-            downsample_factor=self.codec.factor,
-            scaling_factor=self.codec.scaling_factor,
-            weights=self.codec.provenance,
-            config_name=self.codec.config_name,
+            latent_channels=codec.latent_channels,
+            downsample_factor=codec.factor,
+            scaling_factor=codec.scaling_factor,
+            weights=codec.provenance,
+            config_name=codec.config_name,
+            model=entry.name,
+            model_version=entry.version,
         )

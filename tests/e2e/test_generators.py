@@ -27,7 +27,7 @@ pytestmark = [
         reason=f"needs all five services, missing {sorted(NEEDED - set(available_services()))}",
     ),
 ]
-BUNDLED = read_card(ROOT / "deploy" / "model-repository")
+BUNDLED = read_card(ROOT / "deploy" / "model-repository" / "phantom" / "1")
 
 
 @pytest.fixture(scope="module")

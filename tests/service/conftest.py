@@ -24,6 +24,7 @@ def running(server):
 
 def codec_config(tmp_path: Path, **overrides) -> ServerConfig:
     """A codec on a free port with no trained weights (seeded small VAE) and metrics on."""
+    (tmp_path / "models").mkdir(parents=True, exist_ok=True)
     values = dict(service="vae_codec", port=0, metrics_port=0, model_dir=tmp_path / "models")
     values.update(overrides)
     return ServerConfig(**values)

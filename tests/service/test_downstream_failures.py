@@ -40,6 +40,7 @@ def test_codec_down_is_unavailable_and_the_retry_decodes_the_cached_latents(tmp_
     codec = build_codec(codec_config(tmp_path / "c", port=codec_port, metrics_port=None))
     codec.start()
     model_dir = tmp_path / "models"  # no weights: the seeded small models
+    model_dir.mkdir()
     backend = SamplerBackend(model_dir, codec_target=f"127.0.0.1:{codec_port}")
     config = ServerConfig(service="sampler", port=0, metrics_port=None, model_dir=model_dir)
     with running(build_server(config, backend)) as sampler:

@@ -25,6 +25,7 @@ from services.data.layout import Item
 from services.data.prepare import PrepareConfig, prepare_dataset
 from services.data.sampling import SamplingConfig
 from services.data.split import keep_every_class_in_train, patient_classes, split_patients
+from services.models.generators import generator_dir
 from tests.unit.augment_support import NAME, tiny_dataset
 
 ECHO = get_testdata_file("examples_ybr_color.dcm")
@@ -198,7 +199,7 @@ def test_padded_clips_are_not_references_while_their_class_has_others(tmp_path):
 
 
 def test_sampling_defaults_come_from_the_generators_sampling_json(tmp_path, monkeypatch):
-    bundled = json.loads((BUNDLED_MODEL_DIR / "sampling.json").read_text())
+    bundled = json.loads((generator_dir(BUNDLED_MODEL_DIR) / "sampling.json").read_text())
     options = AugmentOptions()
     assert (options.steps, options.guidance, options.solver) == (
         bundled["steps"],

@@ -24,7 +24,7 @@ from safetensors.torch import load_file
 
 from services.models.ldm import WEIGHTS_NAME, SamplingRequest, SequenceSampler, SequenceUNet
 
-REPO = Path(__file__).resolve().parents[2] / "deploy" / "model-repository"
+REPO = Path(__file__).resolve().parents[2] / "deploy" / "model-repository" / "phantom" / "1"
 REFERENCE = Path(__file__).with_name("ldm_bundled_reference.safetensors")
 FRAMES, SIDE, TEXT_TOKENS, TEXT_DIM = 4, 8, 7, 384
 # Of the reference output's largest magnitude (see the module docstring for the measurements).

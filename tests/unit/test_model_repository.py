@@ -20,7 +20,7 @@ from services.models.repository import (
     write_card,
 )
 
-REPO = Path(__file__).resolve().parents[2] / "deploy" / "model-repository"
+REPO = Path(__file__).resolve().parents[2] / "deploy" / "model-repository" / "phantom" / "1"
 
 
 def test_a_written_card_reads_back_the_same(tmp_path):

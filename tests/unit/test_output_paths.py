@@ -176,6 +176,7 @@ def test_augment_with_hostile_class_names_writes_only_inside_its_output(sandbox,
 def test_export_onnx_writes_only_inside_its_out(sandbox, tmp_path):
     root, outside = sandbox
     argv = ["export-onnx", "--out", str(root), "--models", "vae_decode"]
+    (tmp_path / "no-models").mkdir()
     argv += ["--model-dir", str(tmp_path / "no-models")]  # the seeded small VAE
     (root / "vae_decode.onnx").symlink_to(outside / "canary.npy")
     guard = Outside(root)

@@ -87,7 +87,7 @@ def test_the_sampler_flags_set_both_bounds_of_the_engines_cache():
     args = parser.parse_args(["--result-cache-entries", "7", "--result-cache-mib", "1.5"])
     with pytest.raises(SystemExit):
         parser.parse_args(["--result-cache-mib", "-1"])
-    backend = SimpleNamespace(sampler=CountingSampler(), warmup=lambda: None)
+    backend = SimpleNamespace(router=CountingSampler(), warmup=lambda: None, refresh=list)
     bounds = (args.result_cache_entries, int(args.result_cache_mib * 2**20))
     runtime = SamplerRuntime(backend, SimpleNamespace(engine=None), 2, 4, bounds)
     runtime.warmup()

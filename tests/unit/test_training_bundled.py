@@ -10,7 +10,7 @@ from services.models.classifier import VideoClassifier
 from services.models.ldm import WEIGHTS_NAME, SequenceUNet
 from services.models.vae import TRAINED, load_or_init_vae
 
-REPO = Path(__file__).resolve().parents[2] / "deploy" / "model-repository"
+REPO = Path(__file__).resolve().parents[2] / "deploy" / "model-repository" / "phantom" / "1"
 MAX_BYTES = 40 * 1024 * 1024
 
 pytestmark = pytest.mark.skipif(

@@ -13,10 +13,12 @@ import yaml
 from safetensors.torch import load_file
 
 from clients.cli import main as genaug
+from genaug.errors import InvalidArgument
 from services.data import layout
 from services.data.conditions import condition_paths, save_motion
 from services.data.phantoms import generate_phantom_dataset
 from services.models.classifier import VideoClassifier
+from services.models.generators import scan
 from services.models.ldm import WEIGHTS_NAME, SequenceUNet, identity_trajectories
 from services.models.repository import dataset_fingerprint, read_card
 from services.models.training import recipe
@@ -176,12 +178,13 @@ def test_decoder_only_vae_keeps_the_encoder_and_scaling(trained, dataset, tmp_pa
 
 
 def test_train_all_runs_the_recipe_and_fills_a_model_repository(dataset, tmp_path):
-    repository = tmp_path / "repository"
+    model_folder = tmp_path / "repo" / "mine"
     assert genaug(
         ["train", "all", "--dataset-root", str(dataset), "--out", str(tmp_path / "runs"),
-         "--export", str(repository), "--recipe-scale", "0.001", "--threads", "1",
+         "--export", str(model_folder), "--recipe-scale", "0.001", "--threads", "1",
          "--no-progress"]
     ) == 0  # fmt: skip
+    repository = model_folder / "1"  # the first version of generator `mine`
     vae = load_vae(repository / "vae")
     unet = SequenceUNet.from_pretrained(repository / "ldm")
     assert unet.config.sequence and unet.config.in_channels == vae.config.latent_channels
@@ -204,6 +207,15 @@ def test_train_all_runs_the_recipe_and_fills_a_model_repository(dataset, tmp_pat
     assert card.dataset_name == "Phantom"
     assert card.dataset_fingerprint == dataset_fingerprint(dataset, "Phantom")
     assert card.recipe["recipe_scale"] == 0.001 and card.recipe["stages"]["seq"]["steps"] == 2
+    assert (card.name, card.version) == ("mine", "1")
+    # Exporting again adds version 2, which the repository then serves; nothing half-written.
+    plan = recipe.RecipeSettings(dataset_root=dataset, name="Phantom", recipe_scale=0.001)
+    assert recipe.export_version(tmp_path / "runs", model_folder, plan) == model_folder / "2"
+    assert sorted(p.name for p in model_folder.iterdir()) == ["1", "2"]
+    (entry,) = scan(tmp_path / "repo").values()
+    assert (entry.name, entry.version, entry.card.version) == ("mine", "2", "2")
+    with pytest.raises(InvalidArgument, match="holds a generator itself"):
+        recipe.export_version(tmp_path / "runs", repository, plan)
 
 
 def test_train_all_refuses_per_stage_flags(dataset, tmp_path):
@@ -214,7 +226,7 @@ def test_train_all_refuses_per_stage_flags(dataset, tmp_path):
 def test_model_card_commands_are_the_recipe():
     """The per-stage commands written out in MODEL_CARD.md are what `genaug train all` runs."""
     card = (
-        Path(__file__).resolve().parents[2] / "deploy/model-repository/MODEL_CARD.md"
+        Path(__file__).resolve().parents[2] / "deploy/model-repository/phantom/1/MODEL_CARD.md"
     ).read_text()
     documented = {}
     for line in card.splitlines():

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from genaug.errors import InvalidArgument
 from services.data import layout
 from services.data.conditions import condition_paths, load_motion, load_prior
 from services.models.repository import CLASSES_FILE
@@ -46,11 +47,27 @@ def load_frames(root: Path, name: str, split: str, source: str = "slices") -> np
     frame of every `<DS>_volume` clip)."""
     if source == "slices":
         items = layout.load_dataset(root, name, split, kind="data")
+        require_split(items, root, name, split)
         return np.stack([layout.read_slice(item.path) for item in items])
     if source == "clips":
         frames = load_clips(root, name, split).frames
         return frames.reshape(-1, *frames.shape[2:])
     raise ValueError(f"unknown frame source {source!r} (slices or clips)")
+
+
+def require_split(items, root: Path, name: str, split: str) -> None:
+    """Every stage trains on `train` and measures on `test`: an empty split is the data's
+    problem, said in the data's terms (not a numpy error)."""
+    if not len(items):
+        hint = (
+            ": `genaug prepare` puts whole patients in the test split, so a class needs at "
+            "least 2 patients (sources) to have one"
+            if split == "test"
+            else ""
+        )
+        raise InvalidArgument(
+            "dataset_root", f"dataset {name} under {root} has no {split} clips{hint}"
+        )
 
 
 @dataclass
@@ -74,6 +91,7 @@ class ClipSet:
 
 def load_clips(root: Path, name: str, split: str, classes: list[str] | None = None) -> ClipSet:
     items = layout.load_dataset(root, name, split)
+    require_split(items, root, name, split)
     classes = classes or class_names(root, name)
     frames = np.stack([layout.read_clip(item.path) for item in items])
     labels = np.array([classes.index(item.cls) for item in items], dtype=np.int64)

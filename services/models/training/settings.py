@@ -64,8 +64,9 @@ class RunSettings:
     out: Path = setting(Path("runs/train"), help="run folder (default runs/train/<stage>)")
     export: Path | None = setting(
         None,
-        help="also copy the trained model folder here (all: the model repository to fill, e.g. "
-        "deploy/model-repository)",
+        help="also copy the trained model folder here (all: a model folder <repo>/<name> of a "
+        "model repository, which gets the generator as its next version <repo>/<name>/<N>, "
+        "e.g. deploy/model-repository/phantom)",
     )
 
 
@@ -192,6 +193,12 @@ class RecipeSettings(RunSettings):
 
     out: Path = Path("runs/train")
     recipe_scale: float = setting(1.0, help="all: multiply every step count (smoke runs; 1)")
+    budget_minutes: float | None = setting(
+        None,
+        help="all: fit the whole run in this many minutes: the recipe's steps scaled to the "
+        "time left after the conditions, each stage capped at its share (the card records "
+        "what ran; the full recipe is about 80 min on 2 cores for 8x64x64 clips)",
+    )
     threads: int | None = None  # None: each stage's default
     device: str | None = None
     progress: bool = True
