@@ -41,7 +41,7 @@ from clients.augment.manifest import (
 from clients.augment.options import AugmentOptions, channel_settings
 from clients.augment.plan import WorkItem, build_plan, class_targets
 from clients.augment.plan import shard as shard_items
-from clients.augment.preflight import GeneratorPlan, dataset_name
+from clients.augment.preflight import Generator, GeneratorPlan, dataset_name
 from clients.augment.progress import Progress
 from clients.augment.references import ReferenceConditions
 from clients.augment.replicas import JobFailed, ReplicaPool
@@ -81,6 +81,8 @@ class JobResult:
     # Clips of other shards still missing from the shared pool (job-scope filtering waits).
     waiting_for: int = 0
     generator: str = ""  # the generator's name, when the samplers listed it
+    # Its card as ListModels gave it (the report's header), when the samplers listed it.
+    generator_card: Generator | None = None
     # What the job let through with --allow-out-of-domain (the summary's first lines).
     out_of_domain: list[str] = field(default_factory=list)
 
@@ -237,6 +239,7 @@ def run_job(
         generation_seconds=generation.seconds,
         condition_sources=generation.condition_sources,
         generator="" if generator is None else generator.generator.name,
+        generator_card=None if generator is None else generator.generator,
         out_of_domain=[] if generator is None else list(generator.out_of_domain),
     )
     if pool is None:
@@ -368,7 +371,7 @@ def filter_phase(
     waiting_for = 0
     filtered = recorded
     if filtered is None:
-        settings = filter_settings(shard.options)
+        settings = filter_settings(shard.options, shard.plan.generator)
         if shard.job_scope:
             filtered, waiting_for = job_verdicts(shard.plan.plan, shard.out, settings, client)
         else:
@@ -378,9 +381,13 @@ def filter_phase(
     return (None if filtered is None else PoolVerdicts.from_event(filtered)), waiting_for
 
 
-def filter_settings(o: AugmentOptions) -> FilterSettings:
+def filter_settings(o: AugmentOptions, generator: GeneratorPlan | None = None) -> FilterSettings:
+    """How the pool is filtered: with the VAE and classifier of the generator that made it."""
     target = None if o.no_filter or not o.filter else o.filter
+    card = None if generator is None else generator.generator
     return FilterSettings(
+        model="" if card is None else card.name,
+        model_version="" if card is None else card.version,
         target=target,
         channel=channel_settings(o) if target else None,
         alpha=o.filter_alpha,

@@ -156,7 +156,8 @@ class Refused(ValueError):
 
 @dataclass(frozen=True)
 class Generator:
-    """What the job needs of a generator's card, as a sampler's ListModels sends it."""
+    """What the job needs of a generator's card, as a sampler's ListModels sends it (the
+    report's header shows it; `figures` are the card's measured figures, from `card_json`)."""
 
     name: str
     class_names: tuple[str, ...]
@@ -166,6 +167,8 @@ class Generator:
     height: int = 0
     width: int = 0
     dataset_name: str = ""
+    dataset_fingerprint: str = ""
+    figures: dict = field(default_factory=dict, compare=False)
 
     @classmethod
     def from_info(cls, info) -> Generator:
@@ -178,7 +181,18 @@ class Generator:
             info.height,
             info.width,
             info.dataset_name,
+            info.dataset_fingerprint,
+            _card_figures(info.card_json),
         )
+
+
+def _card_figures(card_json: str) -> dict:
+    """The `figures` object of a card's JSON; empty when there is none or it is malformed."""
+    try:
+        figures = json.loads(card_json or "{}").get("figures")
+    except (ValueError, AttributeError):
+        return {}
+    return dict(figures) if isinstance(figures, dict) else {}
 
 
 @dataclass(frozen=True)

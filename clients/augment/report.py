@@ -1,9 +1,15 @@
 """The job's results: a per-class summary, and an HTML report with a contact sheet.
 
-`<out>/report/index.html` (`<out>/report/shard-<i>-of-<n>/` for sharded jobs) shows, per class,
-real reference clips next to synthetic ones (kept, and rejected with their reason), the filter's
-statistics (the VAE-Seq band, or the per-class bands with `--sequential-band class`, and
-cross-entropy) and throughput. Only the dataset's pseudonymous file names appear in it.
+`<out>/report/index.html` (`<out>/report/shard-<i>-of-<n>/` for sharded jobs) starts with what
+`--allow-out-of-domain` let through, then the generator's card as the samplers' ListModels gave
+it (name, version, the dataset it was trained on, modality, clip shape, classes, and its
+class-fidelity and VAE PSNR figures when the card has them). It shows, per class, real reference
+clips next to synthetic ones (kept, and rejected with their reason), the filter's statistics
+(the VAE-Seq band, or the per-class bands with `--sequential-band class`, and cross-entropy) and
+throughput. Real clips are drawn as the model sees them: the stored clip through the training
+input mapping (`to_unit`, to [-1, 1]), then the display mapping of the synthetic clips
+(`to_uint8`), so both are on one intensity scale. Only the dataset's pseudonymous file names
+appear in it.
 """
 
 from __future__ import annotations
@@ -18,8 +24,11 @@ from PIL import Image, ImageDraw
 from clients.augment.manifest import load_pool, pool_path
 from clients.augment.output import to_uint8
 from services.data import layout
+from services.models.training.data import to_unit
 
 SHEET_SYNTHETIC_PER_CLASS = 3
+# The card's figures shown in the header, in order, with their labels.
+HEADER_FIGURES = (("class_fidelity", "class fidelity"), ("vae_psnr_db", "VAE PSNR (dB)"))
 
 
 def class_summary(result) -> dict[str, dict]:
@@ -41,10 +50,61 @@ def class_summary(result) -> dict[str, dict]:
     return dict(sorted(rows.items()))
 
 
+def model_view(stored: np.ndarray) -> np.ndarray:
+    """A stored clip (T, H, W) as the model sees it, for display: the training input mapping
+    (`to_unit`, to [-1, 1]) then the synthetic clips' display mapping (`to_uint8`)."""
+    return to_uint8(to_unit(stored).numpy())
+
+
+def generator_facts(card) -> list[tuple[str, str]]:
+    """(label, value) rows of the report's header from the generator's card (`Generator`);
+    unknown fields read "unknown", figures the card lacks are left out."""
+    if card is None:
+        return []
+
+    def known(value) -> str:
+        return str(value) if value not in ("", 0, None) else "unknown"
+
+    dataset = known(card.dataset_name)
+    if card.dataset_fingerprint:
+        dataset += f" (sha256 {card.dataset_fingerprint[:12]})"
+    shape = (card.num_frames, card.height, card.width)
+    facts = [
+        ("generator", card.name),
+        ("version", known(card.version)),
+        ("trained on", dataset),
+        ("modality", known(card.modality)),
+        ("frames x height x width", " x ".join(known(v) for v in shape)),
+        ("classes", ", ".join(card.class_names) or "none"),
+    ]
+    figures = card.figures or {}
+    facts += [(label, _figure(figures[key])) for key, label in HEADER_FIGURES if key in figures]
+    return facts
+
+
+def _figure(value) -> str:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return str(value)
+    return f"{value:.4g}"
+
+
+def generator_line(card) -> str | None:
+    """The summary's one line on the generator's card (None without one)."""
+    facts = generator_facts(card)
+    if not facts:
+        return None
+    return "generator " + "; ".join(
+        value if label == "generator" else f"{label} {value}" for label, value in facts
+    )
+
+
 def summary_lines(result) -> list[str]:
     o = result.options
     rows = class_summary(result)
     lines = [*getattr(result, "out_of_domain", [])]
+    card_line = generator_line(getattr(result, "generator_card", None))
+    if card_line:
+        lines.append(card_line)
     generator = getattr(result, "generator", "")
     lines += [
         f"augmented {result.name}"
@@ -119,7 +179,7 @@ def contact_sheet(result, path: Path, frames_shown: int = 8) -> Path:
         if w.id in result.verdicts:
             by_class.setdefault(w.cls, []).append(w)
     for cls, items in sorted(by_class.items()):
-        real = layout.read_clip(items[0].source_clip, folder)[:frames_shown]
+        real = model_view(layout.read_clip(items[0].source_clip, folder)[:frames_shown])
         rows.append(_label(Image.fromarray(np.concatenate(list(real), 1)), f"{cls} real"))
         kept = [w for w in items if result.verdicts[w.id]["keep"]]
         rejected = [w for w in items if not result.verdicts[w.id]["keep"]]
@@ -222,16 +282,21 @@ def write_report(result) -> Path:
         f'<p style="color:#a00"><strong>{e(note)}</strong></p>'
         for note in getattr(result, "out_of_domain", [])
     )
+    header = generator_header(getattr(result, "generator_card", None))
     page = f"""<!doctype html><html><head><meta charset="utf-8">
 <title>Ctrl-GenAug augmentation: {e(result.name)}</title>
 <style>body{{font-family:sans-serif;margin:2em}}td,th{{border:1px solid #ccc;padding:3px 8px}}
 table{{border-collapse:collapse}}</style></head><body>
 <h1>Augmented {e(result.name)}</h1>
 {warnings}
+{header}
 <p style="font-family:monospace">{text}</p>
 <h2>Per class</h2><table><tr><th>class</th><th>requested</th><th>generated</th><th>kept</th>
 <th>rejected by level</th></tr>{table}</table>
-<h2>Real vs synthetic</h2><img src="contact_sheet.png" alt="contact sheet">
+<h2>Real vs synthetic</h2>
+<p>Real clips are drawn as the model sees them (its training input mapping), on the synthetic
+clips' intensity scale.</p>
+<img src="contact_sheet.png" alt="contact sheet">
 <h2>Filter statistics</h2>
 {bands}
 {'<img src="filter_statistics.png" alt="filter statistics">' if stats else "<p>not filtered</p>"}
@@ -240,3 +305,16 @@ table{{border-collapse:collapse}}</style></head><body>
 </body></html>
 """
     return layout.atomic_write_bytes(folder / "index.html", page.encode("utf-8"))
+
+
+def generator_header(card) -> str:
+    """The report's header block on the generator's card (HTML, every value escaped)."""
+    facts = generator_facts(card)
+    if not facts:
+        return '<p id="generator">generator: not listed by the samplers (no ListModels)</p>'
+    e = html.escape
+    rows = "".join(f"<tr><th>{e(label)}</th><td>{e(value)}</td></tr>" for label, value in facts)
+    figures = card.figures or {}
+    if not any(key in figures for key, _ in HEADER_FIGURES):
+        rows += "<tr><th>figures</th><td>none on the card</td></tr>"
+    return f'<table id="generator">{rows}</table>'

@@ -123,7 +123,8 @@ def test_out_of_domain_is_refused_unless_allowed_then_stated_first(tmp_path):
     assert {w.cls: w.class_id for w in result.items} == {"A": 2, "B": 3, "C": 0}
     lines = summary_lines(result)
     assert lines[0] == plan.out_of_domain[0]
-    assert "with generator g" in lines[1]
+    assert lines[1].startswith("generator g; version unknown")  # the card's line
+    assert "with generator g" in lines[2]
     assert json.loads((out / ".augment" / "job.json").read_text())["class_names"] == [
         "C", "X", "A", "B",
     ]  # fmt: skip
