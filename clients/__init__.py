@@ -1,12 +1,15 @@
 """Ctrl-GenAug on the caller's side.
 
 - `clients.rpc`: the client library (typed gRPC clients; imports only the wire contract);
+- `clients.api`: the Python API for platforms that do not want a CLI (`GenAug`: list the
+  generators, generate clips from a reference clip, run the batch job);
 - `clients.augment`, `clients.cli` and the other modules: applications built on it (the batch
   augmentation job, the `genaug` CLI, the local launcher).
 
-The library's names are re-exported here for convenience.
+The library's names and the API are re-exported here for convenience.
 """
 
+from clients.api import GenAug, Generator
 from clients.rpc import (
     ChannelSettings,
     ConditionEncoderClient,
@@ -23,7 +26,9 @@ __all__ = [
     "ChannelSettings",
     "ConditionEncoderClient",
     "FilterClient",
+    "GenAug",
     "GenAugError",
+    "Generator",
     "MotionExtractorClient",
     "SamplerClient",
     "VaeCodecClient",
