@@ -86,6 +86,33 @@ def test_releasing_the_free_heap_returns_what_the_heap_top_pinned():
     assert released < 20
 
 
+# Large GEMMs on two threads leave MKL's packing buffers (tens of MiB) pooled for the next
+# one; to malloc they are live, so only handing the pool back to MKL returns them.
+MKL_POOL = """
+import torch
+from services.common.memory import mkl_buffer_bytes, release_free_heap
+
+torch.set_num_threads(2)
+conv = torch.nn.Conv2d(320, 320, 3, padding=1)
+with torch.no_grad(), torch.backends.mkldnn.flags(enabled=False):  # im2col + SGEMM
+    for side in (16, 32, 64):
+        conv(torch.randn(2, 320, side, side))
+pooled = mkl_buffer_bytes() >> 20
+assert release_free_heap()
+print(pooled, mkl_buffer_bytes() >> 20)
+"""
+
+
+def test_releasing_the_free_heap_returns_mkls_pooled_gemm_buffers():
+    import torch
+
+    if not torch.backends.mkl.is_available():
+        pytest.skip("torch without MKL")
+    pooled, released = _run(MKL_POOL)
+    assert pooled > 10
+    assert released == 0
+
+
 def test_release_is_a_no_op_answering_false_without_glibc(monkeypatch):
     from services.common import memory
 
