@@ -42,6 +42,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "prepare": ("clients.prepare", "ingest and preprocess medical sequences"),
     "conditions": ("clients.conditions", "precompute motion fields, trajectories and priors"),
     "augment": ("clients.augment", "build an augmented dataset on demand"),
+    "generators": ("clients.generators", "list the generators a sampler serves, with their cards"),
     "train": ("services.models.training.cli", "train the VAE, LDM, sequence LDM or classifier"),
     "export-onnx": ("services.models.onnx_export", "export the VAE and prior encoder to ONNX"),
     "study": ("clients.study", "measure the augmentation gain, with confidence intervals"),

@@ -104,8 +104,14 @@ def _run(args: list[str], timeout: float = 600) -> tuple[int, str]:
     return run.returncode, output
 
 
-def test_one_repository_serves_the_trained_generator_beside_the_bundled_one(own, cluster):
+def test_one_repository_serves_the_trained_generator_beside_the_bundled_one(own, cluster, capsys):
     data, _ = own
+    assert cli.main(["generators", "--sampler", cluster["sampler"]]) == 0
+    listing = capsys.readouterr().out
+    print(listing)
+    assert "own (version 1)\n  classes (id order): Echo, Mri\n" in listing
+    assert "phantom (version 1), the default\n  classes (id order): DCM, HCM, NOR" in listing
+    assert "frames x H x W 8 x 32 x 32" in listing and "class_fidelity 1.0" in listing
     with open_channel(cluster["sampler"], ChannelSettings(retry_attempts=1)) as channel:
         infos = {info.name: info for info in SamplerClient(channel).list_models()}
     assert sorted(infos) == ["own", "phantom"] and infos["phantom"].is_default
