@@ -2,8 +2,8 @@
 files (pydicom's and nibabel's test data: a colour ultrasound cine, an MR series and a 4D NIfTI)
 into classes of the user's naming, `genaug train all` at a tiny scale exporting generator `own`
 into a model repository beside the bundled `phantom`, both served by one set of services, and
-`genaug augment` with each: the classes, the refusal of a dataset the generator does not know,
-and the report."""
+`genaug augment` with each (the own dataset with `own`, the bundled one with `phantom`): the
+classes, the refusal of a dataset the generator does not know, and the report."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ from clients.local_cluster import LocalCluster, available_services
 from clients.rpc.channel import ChannelSettings, open_channel
 from clients.rpc.sampler import SamplerClient
 from services.data import layout
+from services.data.phantoms import PHANTOM_NAME, ensure_bundled_dataset
 from services.models.repository import dataset_fingerprint
 from tests.e2e.cluster import NEEDED, ROOT, augment
 
@@ -35,7 +36,7 @@ pytestmark = [
 ]
 NAME = "Own"
 DICOM = {"Echo": "examples_ybr_color.dcm", "Mri": "emri_small.dcm"}
-PATIENTS = 3  # per class: prepare keeps whole patients in the test split
+PATIENTS = 2  # per class: prepare keeps whole patients in the test split
 TIMINGS: dict[str, float] = {}
 
 
@@ -160,3 +161,18 @@ def test_the_bundled_generator_refuses_the_dataset_until_mapped_and_allowed(own,
     code, output = _run(_args(data, out, cluster, *mapped), timeout=120)
     assert code == 2 and "frames of 32x32 (generator: 64x64)" in output, output
     assert "--allow-out-of-domain" in output and not out.exists()
+
+
+def test_the_bundled_generator_augments_its_own_dataset_through_the_same_services(
+    cluster, tmp_path
+):
+    data = ensure_bundled_dataset(tmp_path / "phantom")
+    out = tmp_path / "aug"
+    args = _args(data, out, cluster, "--model", "phantom")
+    args[args.index(NAME)] = PHANTOM_NAME  # --name
+    code, output = _run(args)
+    assert code == 0, output
+    assert "with generator phantom" in output
+    records = layout.read_metadata(layout.metadata_path(out, PHANTOM_NAME, "train"))
+    assert {r["cls"] for r in records} <= {"DCM", "HCM", "NOR"}
+    assert "phantom" in (out / "report" / "index.html").read_text()
