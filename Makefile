@@ -11,7 +11,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: demo test lint protos install clean models soak study
+.PHONY: demo test lint protos install clean models soak study bench
 
 demo: install
 	$(VENV)/bin/genaug demo
@@ -29,6 +29,11 @@ soak: install
 	GENAUG_SOAK=1 GENAUG_FUZZ_RESULTS=runs/soak \
 		$(PY) -m pytest -q -p no:cacheprovider tests/soak tests/e2e/test_faults.py $(PYTEST_ARGS)
 	$(PY) -m tests.soak.summary runs/soak
+
+# Performance suite (not part of make test; about 15 min on 2 cores): one table, JSON and PNG
+# under benchmarks/results/. BENCH_ARGS passes flags, e.g. --device cuda, --only transport.
+bench: install
+	$(PY) -m benchmarks $(BENCH_ARGS)
 
 # Re-train the bundled models with their recipe (deploy/model-repository/phantom/1/MODEL_CARD.md;
 # about 80 min on 2 CPU cores; resumable) and add them to deploy/model-repository as the next

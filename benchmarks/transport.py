@@ -17,6 +17,7 @@ import numpy as np
 
 from benchmarks.common import bar_plot, interleaved, machine_facts, median, write_results
 from benchmarks.echo import echo_service, echo_stubs
+from benchmarks.suite import BenchSettings, Row, Section, at_least
 from clients.rpc.channel import ChannelSettings, open_channel
 from genaug import wire
 from genaug.deadline import Deadline
@@ -123,6 +124,22 @@ def run(sizes_mib: list[int], repeats: int, out_dir: Path) -> dict:
         "throughput relative to raw TCP loopback",
     )
     return results
+
+
+def _section(settings: BenchSettings) -> list[Row]:
+    sizes, repeats = ([1], 1) if settings.quick else ([16, 64], 5)
+    results = run(sizes, repeats, settings.out_dir)
+    rows = []
+    for size, per in results["sizes"].items():
+        for name in ("chunk_stream", "kserve_tritonclient"):
+            ratio = per[name]["throughput_vs_raw_tcp"]
+            target = ">= 0.45" if name == "chunk_stream" else ""
+            met = at_least(ratio, 0.45) if name == "chunk_stream" else None
+            rows.append(Row("transport", f"{name} {size} / raw TCP", ratio, "x", target, met))
+    return rows
+
+
+SECTION = Section("transport", "Transport: typed chunk stream and KServe v2 vs raw TCP", _section)
 
 
 def main() -> None:
