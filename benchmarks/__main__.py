@@ -52,7 +52,7 @@ def _chosen(sections: list[Section], only: list[str] | None, skip: list[str]) ->
     return [s for s in sections if (not only or s.name in only) and s.name not in skip]
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, sections: list[Section] | None = None) -> int:
     args = _parse(argv)
     if args.device == "cuda":
         import torch
@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         if not torch.cuda.is_available():
             raise SystemExit("--device cuda: torch sees no CUDA device on this machine")
     settings = BenchSettings(args.out, args.device, args.quick, args.threads)
-    sections = _chosen(_sections(), args.only, args.skip)
+    sections = _chosen(sections if sections is not None else _sections(), args.only, args.skip)
     began = time.perf_counter()
     machine = machine_facts()
     rows: list[Row] = []
