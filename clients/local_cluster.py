@@ -45,12 +45,16 @@ def _free_port(host: str) -> int:
 
 @dataclass
 class ServiceProcess:
-    name: str
+    name: str  # unique in the cluster: the service, or "sampler-2" for a further replica
     port: int
     metrics_port: int
     log_path: Path
     process: subprocess.Popen | None = None
     extra_args: list[str] = field(default_factory=list)
+    module: str = ""  # the service it runs (`services.<module>`; default: its name)
+
+    def __post_init__(self) -> None:
+        self.module = self.module or self.name
 
     @property
     def target(self) -> str:
@@ -72,6 +76,8 @@ class LocalCluster:
         log_dir: where each service's log goes.
         fixed_ports: use the default ports (else free ports are picked).
         extra_args: per-service extra command-line flags.
+        sampler_replicas: sampler processes to start ("sampler", then "sampler-2", ...: each
+            on ports of its own, with the sampler's extra flags and wiring).
     """
 
     def __init__(
@@ -82,18 +88,25 @@ class LocalCluster:
         fixed_ports: bool = False,
         extra_args: dict[str, list[str]] | None = None,
         host: str = "127.0.0.1",
+        sampler_replicas: int = 1,
     ):
         names = services or available_services()
         unknown = [n for n in names if n not in DEFAULT_PORTS]
         if unknown:
             raise ValueError(f"unknown services {unknown}; known: {sorted(DEFAULT_PORTS)}")
+        if sampler_replicas < 1 or (sampler_replicas > 1 and "sampler" not in names):
+            raise ValueError("sampler_replicas must be >= 1, and > 1 only with the sampler")
+        if sampler_replicas > 1 and fixed_ports:
+            raise ValueError("sampler replicas need free ports (fixed_ports=False)")
         self.model_dir = model_dir
         self.host = host
         log_dir.mkdir(parents=True, exist_ok=True)
         extra_args = extra_args or {}
         self.services: dict[str, ServiceProcess] = {}
-        for name in names:
-            port, metrics_port = DEFAULT_PORTS[name]
+        replicas = [f"sampler-{k}" for k in range(2, sampler_replicas + 1)]
+        for name in [*names, *replicas]:
+            module = name.partition("-")[0]
+            port, metrics_port = DEFAULT_PORTS[module]
             if not fixed_ports:
                 port, metrics_port = _free_port(host), _free_port(host)
             self.services[name] = ServiceProcess(
@@ -101,15 +114,28 @@ class LocalCluster:
                 port,
                 metrics_port,
                 log_dir / f"{name}.log",
-                extra_args=extra_args.get(name, []),
+                extra_args=extra_args.get(module, []),
+                module=module,
             )
 
     def targets(self) -> dict[str, str]:
         return {name: s.target for name, s in self.services.items()}
 
-    def _wiring(self, name: str) -> list[str]:
+    def sampler_targets(self) -> list[str]:
+        """Every sampler replica's address, the first one first."""
+        return [s.target for s in self.services.values() if s.module == "sampler"]
+
+    def pids(self) -> dict[str, int]:
+        """Process id of every service running now, by name."""
+        return {
+            name: s.process.pid
+            for name, s in self.services.items()
+            if s.process is not None and s.process.poll() is None
+        }
+
+    def _wiring(self, module: str) -> list[str]:
         """Flags that point a service at the others it calls (only the sampler calls others)."""
-        if name != "sampler":
+        if module != "sampler":
             return []
         args = []
         for dependency, flag in SAMPLER_DEPENDENCIES.items():
@@ -121,14 +147,14 @@ class LocalCluster:
         command = [
             sys.executable,
             "-m",
-            f"services.{service.name}",
+            f"services.{service.module}",
             "--host",
             self.host,
             "--port",
             str(service.port),
             "--metrics-port",
             str(service.metrics_port),
-            *self._wiring(service.name),
+            *self._wiring(service.module),
             *service.extra_args,
         ]
         if self.model_dir is not None:
@@ -168,7 +194,7 @@ class LocalCluster:
                             f"{service.name} exited with code {service.process.returncode} "
                             f"before it was ready; last log lines:\n{service.log_tail()}"
                         )
-                    if check(channel, service.name, timeout=1.0) == "SERVING":
+                    if check(channel, service.module, timeout=1.0) == "SERVING":
                         logger.info("%s is SERVING on %s", service.name, service.target)
                         break
                     if time.monotonic() > end:

@@ -14,7 +14,9 @@ from dataclasses import dataclass
 from clients.augment.manifest import Manifest, pool_path, save_pool
 from clients.augment.plan import WorkItem
 from clients.augment.replicas import JobFailed, ReplicaPool, generate_with_retries
+from clients.augment.spans import Spans
 from clients.rpc.errors import GenAugError
+from clients.rpc.sampler import GeneratedClip
 
 logger = logging.getLogger(__name__)
 
@@ -53,26 +55,32 @@ def generate_all(
     settings: GenerationSettings,
     concurrency: int,
     on_done: Callable[[WorkItem], None] = lambda item: None,
+    spans: Spans | None = None,
 ) -> float:
     """Generate `items` (none of which is in the pool yet); returns the seconds it took.
+    `spans` records where each item's time went (conditions, the sampler's stages, transport,
+    the pool write).
 
     Raises:
         JobFailed: an item failed for good; items finished before it stay in the pool.
     """
     stop = threading.Event()
     began = time.perf_counter()
+    spans = spans or Spans()
 
     def one(item: WorkItem) -> None:
         if stop.is_set():
             return
         try:
-            message = conditions(item.source_clip)
+            with spans.span("conditions"):
+                message = conditions(item.source_clip)
         except GenAugError as error:
             raise JobFailed(f"conditions of {item.source_clip}: {error}") from None
         rid = request_id(item, message, settings)
-        clip, replica, attempts = generate_with_retries(
-            replicas,
-            lambda client: client.generate(
+
+        def call(client) -> tuple[GeneratedClip, float]:
+            start = time.perf_counter()
+            clip = client.generate(
                 item.class_id,
                 message,
                 seed=item.seed,
@@ -84,23 +92,32 @@ def generate_all(
                 request_id=rid,
                 timeout=settings.deadline,
                 **({"model": settings.model} if settings.model else {}),
-            ),
-            max_attempts=settings.max_attempts,
-            stop=stop,
+            )
+            return clip, time.perf_counter() - start
+
+        calls_began = time.perf_counter()
+        (clip, call_seconds), replica, attempts = generate_with_retries(
+            replicas, call, max_attempts=settings.max_attempts, stop=stop
         )
+        # The successful call, as the sampler accounts for it; failed attempts and their
+        # backoff before it count as retrying.
+        spans.add_call(call_seconds, clip.stages)
+        if attempts > 1:
+            spans.add("retrying", time.perf_counter() - calls_began - call_seconds)
         if clip.frames is None:
             raise JobFailed(f"{replica.target} returned no frames for {item.id}")
-        save_pool(pool_path(out, item.id), clip.latents, clip.frames)
-        manifest.append(
-            {
-                "event": "generated",
-                "id": item.id,
-                "replica": replica.target,
-                "request_id": rid,
-                "attempts": attempts,
-                "seconds": round(float(clip.seconds), 3),
-            }
-        )
+        with spans.span("pool"):
+            save_pool(pool_path(out, item.id), clip.latents, clip.frames)
+            manifest.append(
+                {
+                    "event": "generated",
+                    "id": item.id,
+                    "replica": replica.target,
+                    "request_id": rid,
+                    "attempts": attempts,
+                    "seconds": round(float(clip.seconds), 3),
+                }
+            )
         on_done(item)
 
     executor = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="generate")

@@ -45,6 +45,7 @@ from clients.augment.preflight import Generator, GeneratorPlan, dataset_name
 from clients.augment.progress import Progress
 from clients.augment.references import ReferenceConditions
 from clients.augment.replicas import JobFailed, ReplicaPool
+from clients.augment.spans import Spans, timings_path, write_timings
 from clients.rpc.channel import open_channel
 from clients.rpc.encoder import ConditionEncoderClient
 from clients.rpc.motion import MotionExtractorClient
@@ -85,6 +86,8 @@ class JobResult:
     generator_card: Generator | None = None
     # What the job let through with --allow-out-of-domain (the summary's first lines).
     out_of_domain: list[str] = field(default_factory=list)
+    # Where this run's time went (`clients.augment.spans`; also `<out>/timings.json`).
+    timings: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -219,14 +222,18 @@ def run_job(
     """Run (or continue) one shard; `sampler_pool`/`filter_client` replace the services;
     `generator` is the checked generator (`preflight.check_generator`), whose ids it uses."""
     began = time.perf_counter()
-    shard = open_shard(o, generator)
-    state = resume_state(shard)
+    spans = Spans()
+    with spans.phase("planning"):
+        shard = open_shard(o, generator)
+        state = resume_state(shard)
     p = shard.plan
     todo = [w for w in p.items if w.id not in state.generated]
     description = f"augment {p.name} shard {o.shard_index}/{o.shard_count}"
     with Progress(description, len(p.items), len(p.items) - len(todo), o.progress) as progress:
-        generation = generate_phase(shard, todo, progress, sampler_pool)
-        pool, waiting_for = filter_phase(shard, state.filtered, filter_client)
+        with spans.phase("generation"):
+            generation = generate_phase(shard, todo, progress, sampler_pool, spans)
+        with spans.phase("filtering"):
+            pool, waiting_for = filter_phase(shard, state.filtered, filter_client)
         if pool is not None:
             progress.pool_filtered(pool.kept)
     result = JobResult(
@@ -250,8 +257,11 @@ def run_job(
             o.shard_count,
             waiting_for,
         )
-        return replace(result, waiting_for=waiting_for, wall_seconds=time.perf_counter() - began)
-    written = write_phase(shard, pool, state)
+        result = replace(result, waiting_for=waiting_for, wall_seconds=time.perf_counter() - began)
+        return record_timings(shard, result, spans)
+    with spans.phase("writing"):
+        written = write_phase(shard, pool, state)
+        records = output.rebuild_metadata(shard.out, p.name)
     result = replace(
         result,
         items=shard.pool,
@@ -260,13 +270,24 @@ def run_job(
         class_bands=pool.class_bands,
         written=written,
         replicas=replica_counts(shard.manifest),
-        metadata_records=output.rebuild_metadata(shard.out, p.name),
+        metadata_records=records,
         wall_seconds=time.perf_counter() - began,
     )
     # The `done` event counts the clips this shard's manifest records as written: in job scope
     # the shard that completes the pool writes every shard's kept clips.
     kept = len(shard_state(shard.manifest.records(), []).written)
-    return finish(shard, result, kept)
+    with spans.phase("report"):
+        result = finish(shard, result, kept)
+    result = replace(result, wall_seconds=time.perf_counter() - began)
+    return record_timings(shard, result, spans)
+
+
+def record_timings(shard: Shard, result: JobResult, spans: Spans) -> JobResult:
+    """This run's time per stage into `<out>/timings.json` (per shard) and the result."""
+    timings = spans.as_dict(result.wall_seconds, result.generated_now)
+    o = shard.options
+    write_timings(timings_path(shard.out, o.shard_index, o.shard_count), timings)
+    return replace(result, timings=timings)
 
 
 def open_shard(o: AugmentOptions, generator: GeneratorPlan | None = None) -> Shard:
@@ -297,9 +318,10 @@ def resume_state(shard: Shard) -> ShardState:
 
 
 def generate_phase(
-    shard: Shard, todo: list[WorkItem], progress: Progress, replicas=None
+    shard: Shard, todo: list[WorkItem], progress: Progress, replicas=None, spans=None
 ) -> Generation:
-    """Generate `todo` into the pool; `replicas` replaces the sampler replicas of `--sampler`.
+    """Generate `todo` into the pool; `replicas` replaces the sampler replicas of `--sampler`;
+    `spans` (`clients.augment.spans.Spans`) records where the time went.
 
     Raises:
         JobFailed: an item failed for good (the items finished before it stay in the pool).
@@ -320,6 +342,7 @@ def generate_phase(
             settings,
             o.concurrency,
             progress.clip_generated,
+            spans,
         )
         return Generation(len(todo), seconds, dict(references.sources))
 

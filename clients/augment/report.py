@@ -23,6 +23,8 @@ from PIL import Image, ImageDraw
 
 from clients.augment.manifest import load_pool, pool_path
 from clients.augment.output import to_uint8
+from clients.augment.spans import summary_line as timings_line
+from clients.augment.spans import timings_path
 from services.data import layout
 from services.models.training.data import to_unit
 
@@ -138,6 +140,10 @@ def summary_lines(result) -> list[str]:
     if result.replicas:
         by = ", ".join(f"{k} {v}" for k, v in sorted(result.replicas.items()))
         lines.append(f"  clips per sampler replica: {by}")
+    timings = getattr(result, "timings", None)
+    if timings:
+        path = timings_path(o.out, o.shard_index, o.shard_count)
+        lines.append(f"{timings_line(timings)} ({path})")
     return lines
 
 

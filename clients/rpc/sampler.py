@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import grpc
 import numpy as np
@@ -21,6 +21,9 @@ class GeneratedClip:
     latents: np.ndarray  # float32 (T,C,h,w), scaled
     frames: np.ndarray | None  # float32 (T,1,H,W) in [-1,1] when decoding was asked for
     seconds: float
+    # The sampler's account of the request's time (StageSeconds: prepare, queue, sampling,
+    # decode); empty from a sampler that does not send it.
+    stages: dict[str, float] = field(default_factory=dict)
 
 
 def conditions_message(
@@ -44,6 +47,13 @@ def conditions_message(
         if value is not None:
             wire.to_proto(np.asarray(value), getattr(message, name))
     return message
+
+
+def stage_seconds(result: pb.GenerateResult) -> dict[str, float]:
+    if not result.HasField("stages"):
+        return {}
+    stages = result.stages
+    return {f.name: getattr(stages, f.name) for f in stages.DESCRIPTOR.fields}
 
 
 class SamplerClient:
@@ -106,6 +116,7 @@ class SamplerClient:
                     wire.from_proto(result.latents, "latents"),
                     frames,
                     result.seconds,
+                    stage_seconds(result),
                 )
         raise GenAugError(grpc.StatusCode.INTERNAL, "the stream ended without a result")
 

@@ -56,6 +56,10 @@ class Job:
     deadline: float | None  # time.monotonic() value, None for no deadline
     preview_every: int = 0
     submitted: float = field(default_factory=time.monotonic)
+    # Where its time went (the result's StageSeconds): when it was prepared and queued, and
+    # the summed wall time of the denoising steps it took part in.
+    queued_at: float | None = None
+    stepping_seconds: float = 0.0
     state: object | None = None  # the sampler's state, once prepared
     cancelled: bool = False
     outcome: Finished | Failed | None = None
@@ -97,6 +101,8 @@ class Job:
         with self._lock:
             if self.outcome is not None:
                 return
+            if isinstance(event, Queued) and self.queued_at is None:
+                self.queued_at = time.monotonic()
             if isinstance(event, Finished | Failed):
                 self.outcome = event
                 self._last = None  # a cached job keeps its outcome, not its last preview
@@ -118,6 +124,7 @@ class Job:
 
     def record_step(self, seconds: float) -> None:
         self._step_times.append(seconds)
+        self.stepping_seconds += seconds
 
     def eta(self, remaining_steps: int) -> float:
         if not self._step_times:

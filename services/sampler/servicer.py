@@ -45,6 +45,16 @@ def preview(latents) -> np.ndarray:
     return ((grey - low) / max(high - low, 1e-6) * 255).astype(np.uint8)
 
 
+def stage_seconds(job: Job, event: Finished) -> pb.StageSeconds:
+    """Where a finished job's time went: preparing it, then waiting (queued or paused), then
+    its denoising steps; the three add up to `event.seconds` (submitted to finished)."""
+    prepare = (job.queued_at or job.submitted) - job.submitted
+    sampling = min(job.stepping_seconds, max(0.0, event.seconds - prepare))
+    return pb.StageSeconds(
+        prepare=prepare, queue=max(0.0, event.seconds - prepare - sampling), sampling=sampling
+    )
+
+
 def generator_info(card: GeneratorCard, is_default: bool) -> pb.GeneratorInfo:
     """A generator's card as ListModels sends it (the typed fields and the whole card)."""
     return pb.GeneratorInfo(
@@ -147,8 +157,11 @@ class SamplerServicer(sampler_pb2_grpc.SamplerServicer):
             return cached
         latents = event.latents.transpose(0, 1).contiguous().numpy()  # (T, C, h, w)
         result = pb.GenerateResult(latents=wire.to_proto(latents), seconds=event.seconds)
+        result.stages.CopyFrom(stage_seconds(job, event))
         if decode:
+            began = time.perf_counter()
             wire.to_proto(self.backend.decode(latents, deadline, generator), result.frames)
+            result.stages.decode = time.perf_counter() - began
         with job._lock:
             job.memo.setdefault(key, result)
             return job.memo[key]
