@@ -24,7 +24,7 @@ from benchmarks.suite import BenchSettings, Row, Section, markdown_table, text_t
 RESULTS = Path(__file__).resolve().parent / "results"
 
 # In the order they run; each module defines SECTION.
-SECTION_MODULES = ("benchmarks.transport",)
+SECTION_MODULES = ("benchmarks.transport", "benchmarks.augment", "benchmarks.memory")
 
 
 def _sections() -> list[Section]:
@@ -45,8 +45,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 
 
 def _chosen(sections: list[Section], only: list[str] | None, skip: list[str]) -> list[Section]:
-    known = {s.name for s in sections}
-    unknown = sorted((set(only or []) | set(skip)) - known)
+    known = [s.name for s in sections]
+    unknown = sorted((set(only or []) | set(skip)) - set(known))
     if unknown:
         raise SystemExit(f"unknown section(s) {', '.join(unknown)}; known: {', '.join(known)}")
     return [s for s in sections if (not only or s.name in only) and s.name not in skip]

@@ -1,0 +1,410 @@
+"""End-to-end batch augmentation: `genaug augment` on the demo's job vs in-process sampling.
+
+The demo's job (`clients/demo.py`: the bundled Phantom dataset and generator, the five services
+as local processes, sampling settings from the generator's `sampling.json`, concurrency 4,
+filter on, report written) with fewer clips per class, run three ways against the same cluster:
+
+- **conditions fetched**: a fresh output folder, as `make demo` runs the first time: priors
+  and motion come from the condition encoder and the motion extractor;
+- **conditions cached**: a fresh output folder holding the first run's condition cache, as a
+  re-run or a second job on the same references does;
+- **2 sampler replicas**: the cached job spread over two sampler processes (same concurrency).
+
+Each job records where its time went (`clients.augment.spans`: conditions, the sampler's own
+account of queueing, sampling and decoding, transport, filtering, writing) in its
+`timings.json`. The reference is in-process sampling of the same clips (same conditions,
+class ids, seeds, steps, guidance and solver) at the engine's batch size: the sampler's
+`SequenceSampler.generate` per batch, then the generator's VAE decode of each clip, in this
+process on `--threads` threads. The samplers run with their result cache off, so a job re-run
+with the same request ids is computed again. Rounds of (cached job, in-process) are
+interleaved, the first round also running the two-replica job; figures are medians over
+rounds. The section runs 4 of the demo's 10 clips per class (12 clips: three full batches)
+to fit its 4 minutes. The same run measures every service's RSS for `benchmarks.memory`.
+
+    python -m benchmarks.augment [--per-class 4] [--rounds 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+from benchmarks import memory
+from benchmarks.common import bar_plot, machine_facts, median, write_results
+from benchmarks.demo_job import BATCH, CONCURRENCY, MODEL_DIR, demo_job_options, start_cluster
+from benchmarks.suite import BenchSettings, Row, Section, at_most
+from clients.augment.job import plan_job, run_job
+from clients.augment.manifest import state_dir
+from clients.augment.options import AugmentOptions
+from clients.augment.references import ReferenceConditions
+from clients.augment.spans import CATEGORIES
+from clients.local_cluster import LocalCluster
+from services.data import layout
+from services.data.phantoms import PHANTOM_NAME, ensure_bundled_dataset
+
+RESULTS = Path(__file__).resolve().parent / "results"
+TARGET = 1.25
+
+
+class InProcess:
+    """The sampler's own models in this process: request building as the service does it
+    (`SamplerBackend.build`), `SequenceSampler.generate` per batch, the VAE decode per clip."""
+
+    def __init__(self, device: str, threads: int):
+        import torch
+
+        from services.sampler.backend import SamplerBackend
+
+        torch.set_num_threads(threads)
+        self.backend = SamplerBackend(MODEL_DIR, device)  # no codec target: decodes here
+        self.backend.load()
+        self.backend.warmup()
+
+    def requests(self, options: AugmentOptions, conditions_out: Path) -> list:
+        """The job's work items as the sampler would prepare them, with the conditions the
+        job sent (read from `conditions_out`'s condition cache)."""
+        from genaug.deadline import Deadline
+        from genaug.v1 import sampler_pb2 as pb
+
+        plan = plan_job(options)
+        conditions = ReferenceConditions(
+            options.dataset_root, plan.name, conditions_out, options.conditions, plan.texts
+        )
+        routed = []
+        for item in plan.items:
+            request = pb.GenerateRequest(
+                request_id=item.id,
+                class_id=item.class_id,
+                conditions=conditions(item.source_clip),
+                seed=item.seed,
+                steps=options.steps,
+                guidance_scale=options.guidance,
+                solver=options.solver,
+                decode=True,
+                priority=pb.PRIORITY_BATCH,
+            )
+            routed.append(self.backend.build(request, Deadline.none()))
+        return routed
+
+    def run(self, routed: list, batch: int = BATCH) -> dict:
+        """Sample and decode every request, `batch` at a time: seconds in all, sampling and
+        decoding, and the mean seconds of one denoising step."""
+        import torch
+
+        sampling = decoding = 0.0
+        steps = 0
+        with torch.inference_mode():
+            for start in range(0, len(routed), batch):
+                group = routed[start : start + batch]
+                generator = group[0].generator
+                began = time.perf_counter()
+                latents = generator.sampler.generate([r.request for r in group])
+                sampling += time.perf_counter() - began
+                steps += max(r.request.num_inference_steps for r in group)
+                began = time.perf_counter()
+                for z in latents:
+                    clip = z.detach().float().cpu().transpose(0, 1).contiguous().numpy()
+                    generator.local_codec.decode(clip)
+                decoding += time.perf_counter() - began
+        return {
+            "seconds": sampling + decoding,
+            "sampling_seconds": sampling,
+            "decoding_seconds": decoding,
+            "steps": steps,
+            "mean_step_seconds": sampling / max(steps, 1),
+            "mean_batch": len(routed) * routed[0].request.num_inference_steps / max(steps, 1),
+        }
+
+
+def engine_counters(cluster: LocalCluster) -> dict[str, float]:
+    """The samplers' step counters summed over replicas: steps, their seconds, batch rows."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    totals = dict.fromkeys(("steps", "step_seconds", "batched_requests"), 0.0)
+    wanted = {
+        "genaug_sampler_step_seconds_count": "steps",
+        "genaug_sampler_step_seconds_sum": "step_seconds",
+        "genaug_sampler_step_batch_size_sum": "batched_requests",
+    }
+    for service in cluster.services.values():
+        if service.module != "sampler":
+            continue
+        url = f"http://127.0.0.1:{service.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            text = response.read().decode()
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name in wanted:
+                    totals[wanted[sample.name]] += sample.value
+    return totals
+
+
+def cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
+    """User + system CPU seconds each process has used so far."""
+    tick = os.sysconf("SC_CLK_TCK")
+    seconds = {}
+    for name, pid in pids.items():
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rpartition(")")[2].split()
+        seconds[name] = (int(fields[11]) + int(fields[12])) / tick
+    return seconds
+
+
+def _job(
+    options: AugmentOptions, cluster: LocalCluster, conditions_from: Path | None = None
+) -> dict:
+    """Run one job into a fresh folder (seeded with a condition cache): its timings, with
+    the samplers' denoising steps during it (how many, how long, how full) and the CPU
+    seconds every process used meanwhile (the job's own client: "client")."""
+    if conditions_from is not None:
+        shutil.copytree(
+            state_dir(conditions_from) / "conditions", state_dir(options.out) / "conditions"
+        )
+    pids = {**cluster.pids(), "client": os.getpid()}
+    steps_before, cpu_before = engine_counters(cluster), cpu_seconds(pids)
+    timings = run_job(options).timings
+    steps_after, cpu_after = engine_counters(cluster), cpu_seconds(pids)
+    steps = steps_after["steps"] - steps_before["steps"]
+    step_seconds = steps_after["step_seconds"] - steps_before["step_seconds"]
+    batched = steps_after["batched_requests"] - steps_before["batched_requests"]
+    timings["engine"] = {
+        "steps": int(steps),
+        "mean_step_seconds": step_seconds / max(steps, 1),
+        "mean_batch": batched / max(steps, 1),
+    }
+    timings["cpu_seconds"] = {n: round(cpu_after[n] - cpu_before[n], 2) for n in pids}
+    return timings
+
+
+def run(
+    per_class: int,
+    rounds: int,
+    out_dir: Path,
+    device: str = "cpu",
+    threads: int = 2,
+    steps: int | None = None,
+    replica_rounds: int = 1,
+) -> dict:
+    """The fetched job, then `rounds` rounds of (cached job, in-process), the first
+    `replica_rounds` of them also running the cached job on two replicas."""
+    began = time.perf_counter()
+    machine = machine_facts()
+    with tempfile.TemporaryDirectory(prefix="bench-augment-") as tmp:
+        work = Path(tmp)
+        data = ensure_bundled_dataset(work / "data")
+        n_classes = len(layout.load_dataset(data, PHANTOM_NAME, "train").classes)
+        with start_cluster(work / "logs", 2, device, n_classes) as cluster:
+            started = time.perf_counter() - began
+            monitor = memory.RssMonitor(cluster.pids()).start()
+            monitor.phase("rest")
+            time.sleep(memory.REST_SECONDS)
+            samplers = cluster.sampler_targets()
+
+            def options(name: str, replicas: int) -> AugmentOptions:
+                return demo_job_options(
+                    data, work / name, cluster, samplers[:replicas], per_class, steps
+                )
+
+            monitor.phase("load")
+            fetched = _job(options("fetched", 1), cluster)
+            monitor.phase("in-process setup")
+            local = InProcess(device, threads)
+            routed = local.requests(options("fetched", 1), work / "fetched")
+            measured = []
+            for r in range(rounds):  # interleaved, so the machine's noise hits all alike
+                one_round = {}
+                monitor.phase("load")
+                one_round["cached"] = _job(options(f"cached-{r}", 1), cluster, work / "fetched")
+                monitor.phase("in-process")
+                one_round["in_process"] = local.run(routed)
+                if r < replica_rounds:
+                    monitor.phase("load")
+                    two = _job(options(f"two-replicas-{r}", 2), cluster, work / "fetched")
+                    one_round["two_replicas"] = two
+                measured.append(one_round)
+            monitor.phase("after")
+            rss = monitor.stop()
+    settings = {
+        "per_class": per_class,
+        "clips": len(routed),
+        "classes": n_classes,
+        "steps": routed[0].request.num_inference_steps,
+        "concurrency": CONCURRENCY,
+        "in_process_batch": BATCH,
+        "in_process_threads": threads,
+        "rounds": rounds,
+        "replica_rounds": replica_rounds,
+        "device": device,
+    }
+    results = {
+        "machine": machine,
+        "machine_after": machine_facts(),
+        "settings": settings,
+        "cluster_start_seconds": round(started, 1),
+        "conditions_fetched": fetched,
+        "rounds": measured,
+        **summarise(fetched, measured, len(routed)),
+        "memory": rss
+        | {"load": f"the augment section's jobs ({len(routed)} clips, {settings['steps']} steps)"},
+        "seconds": round(time.perf_counter() - began, 1),
+    }
+    memory.share(results["memory"])
+    write_results(out_dir, "augment", results)
+    bar_plot(out_dir, "augment", results["share_of_wall"], "share of the job's wall time")
+    return results
+
+
+def summarise(fetched: dict, rounds: list[dict], clips: int) -> dict:
+    """Ratios, clips per minute, shares of wall time, and the profile of the cached job
+    against in-process sampling (medians over rounds)."""
+    in_process = median([r["in_process"]["seconds"] for r in rounds])
+    cached = median([r["cached"]["wall_seconds"] for r in rounds])
+    paired = [r for r in rounds if "two_replicas" in r]
+    two = median([r["two_replicas"]["wall_seconds"] for r in paired])
+    replica_gain = median([r["cached"]["wall_seconds"] / r["two_replicas"]["wall_seconds"]
+                           for r in paired])  # fmt: skip
+    step_ratio = median(
+        [r["cached"]["engine"]["mean_step_seconds"] / r["in_process"]["mean_step_seconds"]
+         for r in rounds]
+    )  # fmt: skip
+    cached_jobs = [r["cached"] for r in rounds]
+    return {
+        "in_process_seconds": in_process,
+        "ratios": {
+            "fetched_over_in_process": fetched["wall_seconds"] / in_process,
+            "cached_over_in_process": cached / in_process,
+            "two_over_one_replica_throughput": replica_gain,
+        },
+        "clips_per_minute": {
+            "conditions_fetched": 60 * clips / fetched["wall_seconds"],
+            "conditions_cached": 60 * clips / cached,
+            "two_replicas": 60 * clips / two,
+            "in_process": 60 * clips / in_process,
+        },
+        "share_of_wall": {
+            "conditions fetched": fetched["share_of_wall"],
+            "conditions cached": _median_shares(cached_jobs),
+            "2 replicas": _median_shares([r["two_replicas"] for r in paired]),
+        },
+        # Why the cached job takes longer than in-process sampling of the same clips.
+        "profile": {
+            "step_seconds_over_in_process": step_ratio,
+            "mean_batch": median([j["engine"]["mean_batch"] for j in cached_jobs]),
+            "in_process_mean_batch": rounds[0]["in_process"]["mean_batch"],
+            "steps_over_in_process": median([j["engine"]["steps"] for j in cached_jobs])
+            / rounds[0]["in_process"]["steps"],
+            "seconds_outside_generation": median(
+                [j["wall_seconds"] - j["phases"].get("generation", 0.0) for j in cached_jobs]
+            ),
+            "cpu_seconds_of_other_processes": median(
+                [sum(v for k, v in j["cpu_seconds"].items() if k != "sampler") for j in cached_jobs]
+            ),  # fmt: skip
+        },
+    }
+
+
+def _median_shares(timings: list[dict]) -> dict[str, float]:
+    return {
+        c: round(statistics.median(t["share_of_wall"].get(c, 0.0) for t in timings), 4)
+        for c in CATEGORIES
+    }
+
+
+def _shares_note(shares: dict[str, float]) -> str:
+    top = sorted(shares.items(), key=lambda kv: -kv[1])
+    return ", ".join(f"{name} {100 * share:.0f}%" for name, share in top if share >= 0.005)
+
+
+def _section(settings: BenchSettings) -> list[Row]:
+    # 4 per class: 12 clips, three full batches; the demo's 10 per class would take the
+    # section past its 4 minutes.
+    per_class, rounds, steps = (1, 1, 2) if settings.quick else (4, 2, None)
+    results = run(
+        per_class, rounds, Path(settings.out_dir), settings.device, settings.threads, steps
+    )
+    s, ratios, cpm = results["settings"], results["ratios"], results["clips_per_minute"]
+    shares, profile = results["share_of_wall"], results["profile"]
+    job = f"{s['clips']} of the demo's 30 clips, {s['steps']} steps, concurrency {s['concurrency']}"
+    fetched, cached = ratios["fetched_over_in_process"], ratios["cached_over_in_process"]
+    encoder_cpu = results["conditions_fetched"]["cpu_seconds"].get("condition_encoder", 0.0)
+    why_cached = (
+        f"per step {profile['step_seconds_over_in_process']:.2f}x in-process, "
+        f"{profile['steps_over_in_process']:.2f}x the steps (mean batch "
+        f"{profile['mean_batch']:.2f} of {BATCH}), {profile['seconds_outside_generation']:.1f}s "
+        f"outside generation; {_shares_note(shares['conditions cached'])}"
+    )
+    rows = [
+        Row(
+            "augment",
+            "demo job clips/min (conditions fetched)",
+            cpm["conditions_fetched"],
+            "clips/min",
+            note=f"{job}; in-process {cpm['in_process']:.1f} clips/min at batch {BATCH}",
+        ),
+        Row(
+            "augment",
+            "job / in-process wall (conditions fetched)",
+            fetched,
+            "x",
+            f"<= {TARGET}",
+            at_most(fetched, TARGET),
+            f"encoder {encoder_cpu:.0f} CPU-s for the priors; "
+            + _shares_note(shares["conditions fetched"]),
+        ),
+        Row(
+            "augment",
+            "job / in-process wall (conditions cached)",
+            cached,
+            "x",
+            f"<= {TARGET}",
+            at_most(cached, TARGET),
+            why_cached,
+        ),
+        Row(
+            "augment",
+            "2 / 1 sampler replicas clips/min",
+            ratios["two_over_one_replica_throughput"],
+            "x",
+            note=f"conditions cached, same concurrency; {_shares_note(shares['2 replicas'])}",
+        ),
+    ]
+    for category in CATEGORIES:
+        value = 100 * shares["conditions fetched"].get(category, 0.0)
+        rows.append(Row("augment", f"share of wall (fetched): {category}", value, "%"))
+    return rows
+
+
+SECTION = Section("augment", "End-to-end batch augmentation vs in-process sampling", _section)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--per-class", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--steps", type=int, help="default: the generator's sampling.json")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    results = run(args.per_class, args.rounds, args.out, args.device, args.threads, args.steps)
+    print(f"machine: {results['machine']}")
+    print(f"settings: {results['settings']}; {results['seconds']}s")
+    for name, value in results["clips_per_minute"].items():
+        print(f"clips/min {name:<20} {value:.1f}")
+    for name, value in results["ratios"].items():
+        print(f"{name:<34} {value:.2f}x")
+    print(f"profile of the cached job: {results['profile']}")
+    for name, shares in results["share_of_wall"].items():
+        print(f"share of wall, {name}: {_shares_note(shares)}")
+    print(f"wrote {args.out / 'augment.json'} and {args.out / 'augment.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
