@@ -54,7 +54,7 @@ def load_lines(summary: dict) -> list[str]:
         f"{summary['idle_after_s']} s after the load",
         f"RSS MiB: idle {mib['rss_kib_idle']}, after warm-up {mib['rss_kib_after_warmup']}, "
         f"end of load {mib['rss_kib_end_of_load']} "
-        f"(+{100 * summary['rss_growth_after_warmup']:.1f}%), idle after "
+        f"({100 * summary['rss_growth_after_warmup']:+.1f}%), idle after "
         f"{mib['rss_kib_after_idle']}; every 5 s: {summary['rss_mib_every_5s']}",
     ]
 
