@@ -86,8 +86,9 @@ def test_releasing_the_free_heap_returns_what_the_heap_top_pinned():
     assert released < 20
 
 
-# Large GEMMs on two threads leave MKL's packing buffers (tens of MiB) pooled for the next
-# one; to malloc they are live, so only handing the pool back to MKL returns them.
+# Large GEMMs on two threads leave MKL's packing buffers pooled for the next one (about
+# 10 MiB here; their size follows the CPU's kernels); to malloc they are live, so only
+# handing the pool back to MKL returns them.
 MKL_POOL = """
 import torch
 from services.common.memory import mkl_buffer_bytes, release_free_heap
@@ -97,9 +98,9 @@ conv = torch.nn.Conv2d(320, 320, 3, padding=1)
 with torch.no_grad(), torch.backends.mkldnn.flags(enabled=False):  # im2col + SGEMM
     for side in (16, 32, 64):
         conv(torch.randn(2, 320, side, side))
-pooled = mkl_buffer_bytes() >> 20
+pooled = mkl_buffer_bytes()
 assert release_free_heap()
-print(pooled, mkl_buffer_bytes() >> 20)
+print(pooled, mkl_buffer_bytes())
 """
 
 
@@ -109,7 +110,7 @@ def test_releasing_the_free_heap_returns_mkls_pooled_gemm_buffers():
     if not torch.backends.mkl.is_available():
         pytest.skip("torch without MKL")
     pooled, released = _run(MKL_POOL)
-    assert pooled > 10
+    assert pooled > 1 << 20
     assert released == 0
 
 
