@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from clients.augment.manifest import OutputLock, load_pool, pool_path, state_dir
+from clients.augment.patience import until_available
 from clients.augment.plan import WorkItem
 from clients.augment.replicas import JobFailed
 from clients.rpc.channel import ChannelSettings, open_channel
@@ -87,7 +88,10 @@ def pool_verdicts(items: list[WorkItem], out: Path, settings: FilterSettings, cl
     try:
         if client is None or not items:
             return _unfiltered_event(items)
-        return _filtered_event(_ask(client, items, out, settings))
+        verdicts = until_available(
+            lambda: _ask(client, items, out, settings), f"filtering the pool of {len(items)} clips"
+        )
+        return _filtered_event(verdicts)
     except GenAugError as error:
         raise JobFailed(f"filtering the pool of {len(items)} clips: {error}") from None
     finally:

@@ -12,6 +12,7 @@ from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
 from clients.augment.manifest import Manifest, pool_path, save_pool
+from clients.augment.patience import until_available
 from clients.augment.plan import WorkItem
 from clients.augment.replicas import JobFailed, ReplicaPool, generate_with_retries
 from clients.augment.spans import Spans
@@ -73,7 +74,9 @@ def generate_all(
             return
         try:
             with spans.span("conditions"):
-                message = conditions(item.source_clip)
+                message = until_available(
+                    lambda: conditions(item.source_clip), f"conditions of {item.source_clip}"
+                )
         except GenAugError as error:
             raise JobFailed(f"conditions of {item.source_clip}: {error}") from None
         rid = request_id(item, message, settings)
