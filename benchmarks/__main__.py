@@ -24,7 +24,14 @@ from benchmarks.suite import BenchSettings, Row, Section, markdown_table, text_t
 RESULTS = Path(__file__).resolve().parent / "results"
 
 # In the order they run; each module defines SECTION.
-SECTION_MODULES = ("benchmarks.transport", "benchmarks.augment", "benchmarks.memory")
+SECTION_MODULES = (
+    "benchmarks.transport",
+    "benchmarks.serving",
+    "benchmarks.batching",
+    "benchmarks.compute",
+    "benchmarks.augment",
+    "benchmarks.memory",
+)
 
 
 def _sections() -> list[Section]:

@@ -29,8 +29,10 @@ class SamplerRuntime:
         max_queue: int,
         result_cache: tuple[int, int] = (256, DEFAULT_MAX_BYTES),
         poll_s: float = 0.0,
+        interactive_alone: str = "auto",
     ):
         self.backend, self.servicer = backend, servicer
+        self.interactive_alone = interactive_alone  # "on", "off", or "auto": on for a CPU
         self.max_batch_size, self.max_queue = max_batch_size, max_queue
         self.result_cache = result_cache  # (entries, bytes) kept for retries
         self.engine: ContinuousBatchingEngine | None = None
@@ -63,8 +65,14 @@ class SamplerRuntime:
             self.max_queue,
             completed_cache=entries,
             completed_cache_bytes=nbytes,
+            interactive_alone=self._interactive_alone(),
         )
         self.servicer.engine = self.engine
+
+    def _interactive_alone(self) -> bool:
+        if self.interactive_alone == "auto":
+            return self.backend.device.type == "cpu"
+        return self.interactive_alone == "on"
 
     def stop_admitting(self) -> None:
         if self.engine is not None:
@@ -87,9 +95,12 @@ def build_server(
     max_queue: int = 64,
     result_cache: tuple[int, int] = (256, DEFAULT_MAX_BYTES),
     poll_s: float = 0.0,
+    interactive_alone: str = "auto",
 ) -> ModelServer:
     servicer = SamplerServicer(None, backend)
-    runtime = SamplerRuntime(backend, servicer, max_batch_size, max_queue, result_cache, poll_s)
+    runtime = SamplerRuntime(
+        backend, servicer, max_batch_size, max_queue, result_cache, poll_s, interactive_alone
+    )
     typed = TypedService(
         sampler_pb2.DESCRIPTOR.services_by_name["Sampler"].full_name,
         servicer,
@@ -113,6 +124,13 @@ def add_arguments(parser) -> None:
         type=int,
         default=4,
         help="requests advanced together per denoising step (default 4)",
+    )
+    parser.add_argument(
+        "--interactive-alone",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="while interactive requests run, batch requests pause instead of sharing their "
+        "steps (a CPU step's time grows with its rows); auto: on for a CPU, off for a GPU",
     )
     parser.add_argument(
         "--max-queue",
@@ -206,7 +224,13 @@ def main(argv: list[str] | None = None) -> int:
         )
         cache = (args.result_cache_entries, int(args.result_cache_mib * 2**20))
         return build_server(
-            config, backend, args.max_batch_size, args.max_queue, cache, args.repository_poll_s
+            config,
+            backend,
+            args.max_batch_size,
+            args.max_queue,
+            cache,
+            args.repository_poll_s,
+            args.interactive_alone,
         )
 
     return service_main("sampler", __doc__, build, add_arguments, argv)

@@ -44,6 +44,8 @@ from services.sampler.result_cache import DEFAULT_MAX_BYTES, ResultCache
 
 logger = logging.getLogger(__name__)
 
+ADMISSIONS = ("continuous", "whole-request")
+
 
 class StepSampler(Protocol):
     """What the engine drives (services.models.ldm.pipeline.SequenceSampler fits)."""
@@ -95,6 +97,14 @@ class ContinuousBatchingEngine(SamplerEngine):
             result messages); the least recently used leave first.
         idle_release_s: idle seconds after work before freed heap pages go back to the OS
             (None: never).
+        admission: `"continuous"` admits queued requests at every step boundary;
+            `"whole-request"` (static batching, the baseline `benchmarks.batching` compares
+            against) starts a new batch only once every request of the running one finished.
+        interactive_alone: while interactive requests run or wait, batch requests pause and
+            the interactive ones step without them. On a CPU a step's time grows with its rows,
+            so sharing steps with batch work makes an interactive request several times
+            slower (`benchmarks.batching`); on a GPU rows are nearly free and sharing is the
+            better trade.
     """
 
     def __init__(
@@ -105,9 +115,15 @@ class ContinuousBatchingEngine(SamplerEngine):
         completed_cache: int = 256,
         completed_cache_bytes: int = DEFAULT_MAX_BYTES,
         idle_release_s: float | None = 1.0,
+        admission: str = "continuous",
+        interactive_alone: bool = False,
     ):
         if max_batch_size < 1 or max_queue < 0:
             raise ValueError("max_batch_size must be >= 1 and max_queue >= 0")
+        if admission not in ADMISSIONS:
+            raise ValueError(f"admission must be one of {ADMISSIONS}, got {admission!r}")
+        self.admission = admission
+        self.interactive_alone = interactive_alone
         self.sampler = sampler
         self.max_batch_size = max_batch_size
         self.max_queue = max_queue
@@ -298,8 +314,19 @@ class ContinuousBatchingEngine(SamplerEngine):
                 self._retire(
                     job, Failed(DeadlineExceeded("deadline exceeded while generating")), locked=True
                 )
+        if self.admission == "whole-request" and self._running:
+            self._update_gauges()  # static batching: nobody joins or preempts a running batch
+            return
         interactive = self._queues[Priority.INTERACTIVE]
         batch = self._queues[Priority.BATCH]
+        alone = self.interactive_alone and (
+            bool(interactive) or any(j.priority == Priority.INTERACTIVE for j in self._running)
+        )
+        if alone:  # every batch job pauses; they resume in their order, from their steps
+            for job in reversed([j for j in self._running if j.priority == Priority.BATCH]):
+                self._running.remove(job)
+                batch.appendleft(job)
+                metrics.PREEMPTIONS.inc()
         while interactive and len(self._running) >= self.max_batch_size:
             paused = [j for j in self._running if j.priority == Priority.BATCH]
             if not paused:
@@ -309,7 +336,7 @@ class ContinuousBatchingEngine(SamplerEngine):
             self._running.remove(victim)
             batch.appendleft(victim)
             metrics.PREEMPTIONS.inc()
-        while len(self._running) < self.max_batch_size and (interactive or batch):
+        while len(self._running) < self.max_batch_size and (interactive or (batch and not alone)):
             job = (interactive or batch).popleft()
             if job.expired(now):
                 self._retire(

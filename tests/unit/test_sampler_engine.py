@@ -198,3 +198,62 @@ def test_the_free_heap_is_released_once_after_work_when_idle(monkeypatch):
         assert released == [1, 1]
     finally:
         engine.close()
+
+
+def test_whole_request_batching_admits_only_into_an_empty_batch():
+    """The static-batching baseline: a request queued behind a running batch waits for all
+    of it, even with free slots; the continuous engine lets it join at the next step."""
+    order = {}
+    for admission in ("continuous", "whole-request"):
+        engine = ContinuousBatchingEngine(
+            CountingSampler(step_delay=0.01), max_batch_size=2, admission=admission
+        )
+        try:
+            long_job = submit(engine, "long", num_inference_steps=30)
+            events = long_job.subscribe()
+            while not isinstance(events.get(timeout=60), Progress):
+                pass
+            late = submit(engine, "late", num_inference_steps=3)
+            ended = {job.request_id: job.submitted + outcome(job)[0].seconds
+                     for job in (late, long_job)}  # fmt: skip
+            order[admission] = ended["late"] < ended["long"]
+        finally:
+            engine.close()
+    assert order == {"continuous": True, "whole-request": False}
+
+
+def test_unknown_admission_is_refused():
+    with pytest.raises(ValueError, match="admission"):
+        ContinuousBatchingEngine(CountingSampler(), admission="greedy")
+
+
+class RecordingSampler(CountingSampler):
+    """Records which states each step advanced."""
+
+    def __init__(self, step_delay: float = 0.0):
+        super().__init__(step_delay)
+        self.steps: list[set[int]] = []
+
+    def step(self, states):
+        self.steps.append({id(s) for s in states})
+        return super().step(states)
+
+
+@pytest.mark.parametrize("alone", [True, False])
+def test_interactive_requests_step_without_batch_work_when_alone(alone):
+    sampler = RecordingSampler(step_delay=0.01)
+    engine = ContinuousBatchingEngine(sampler, max_batch_size=4, interactive_alone=alone)
+    try:
+        background = submit(engine, "background", Priority.BATCH, num_inference_steps=40)
+        events = background.subscribe()
+        while not isinstance(events.get(timeout=60), Progress):
+            pass
+        urgent = submit(engine, "urgent", Priority.INTERACTIVE, num_inference_steps=4)
+        urgent_state = id(urgent.state)
+        background_state = id(background.state)
+        assert isinstance(outcome(urgent)[0], Finished)
+        shared = [s for s in sampler.steps if urgent_state in s and background_state in s]
+        assert (len(shared) == 0) is alone
+        assert isinstance(outcome(background)[0], Finished)  # resumed after the pause
+    finally:
+        engine.close()

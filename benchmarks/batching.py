@@ -1,0 +1,340 @@
+"""Step-level batching: continuous batching vs one request at a time vs whole-request batching.
+
+The sampler's engine (`services.sampler.engine`) in this process, on the bundled generator,
+driven as the service drives it (requests built by `SamplerBackend.build` from
+GenerateRequests with real conditions, `benchmarks.reference_requests`). At each concurrency
+c, c closed-loop clients each send max(1, `--requests` / c) requests one after another (at
+least `--requests` in all, default 4); request k of
+client i takes `STEP_MIX[(i + k) % 3]` denoising steps (a mix of full-quality and shorter
+requests, as a shared sampler sees them), so requests end at different steps. The variants:
+
+- **continuous**: the service's engine (batch of `BATCH`, admission at every step);
+- **one at a time**: the same engine with a batch of 1;
+- **whole-request**: static batching: a batch of up to `BATCH` starts only once every request
+  of the previous batch finished.
+
+Variants are interleaved (their order rotates per concurrency): throughput in clips/s and
+p50/p95 request latency. Priorities: an interactive request's latency while 16 batch requests
+keep the engine full, as a ratio to its latency on the idle engine (medians over repeats).
+
+    python -m benchmarks.batching [--requests 4] [--repeats 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.common import machine_facts, median, write_results
+from benchmarks.demo_job import BATCH, MODEL_DIR
+from benchmarks.reference_requests import class_references, generate_request
+from benchmarks.suite import BenchSettings, Row, Section, at_least, at_most
+from clients.augment.sampling_defaults import sampling_defaults
+from genaug.deadline import Deadline
+from genaug.v1 import sampler_pb2 as pb
+from services.sampler.jobs import Failed, Finished, Priority
+
+RESULTS = Path(__file__).resolve().parent / "results"
+CONCURRENCY = (1, 2, 4, 8, 16)
+STEP_MIX = (25, 12, 18)
+VARIANTS = {
+    "continuous": dict(max_batch_size=BATCH, admission="continuous"),
+    "one at a time": dict(max_batch_size=1, admission="continuous"),
+    "whole-request": dict(max_batch_size=BATCH, admission="whole-request"),
+}
+BACKGROUND = 16  # batch requests keeping the engine full while the interactive one runs
+TARGET_CPU, TARGET_GPU, TARGET_PRIORITY = 1.4, 4.0, 1.5
+
+
+def outcome(job, timeout: float = 600.0) -> Finished:
+    events = job.subscribe()
+    while True:
+        event = events.get(timeout=timeout)
+        if isinstance(event, Failed):
+            raise RuntimeError(f"{job.request_id}: {event.error}")
+        if isinstance(event, Finished):
+            return event
+
+
+class Workload:
+    """The bundled generator's backend and requests with real conditions, for engines."""
+
+    def __init__(self, work: Path, device: str, threads: int, step_mix=STEP_MIX):
+        import torch
+
+        from services.sampler.backend import SamplerBackend
+
+        torch.set_num_threads(threads)
+        self.backend = SamplerBackend(MODEL_DIR, device)
+        self.backend.load()
+        self.backend.warmup()
+        generator = self.backend.generator("")
+        self.classes = generator.classes
+        self.references = class_references(work, self.classes)
+        self.defaults = sampling_defaults(MODEL_DIR)
+        self.step_mix = step_mix
+        self._counter = 0
+        self._lock = threading.Lock()
+
+    def engine(self, **options):
+        from services.sampler.engine import ContinuousBatchingEngine
+
+        return ContinuousBatchingEngine(
+            self.backend.router, max_queue=256, completed_cache=0, idle_release_s=None, **options
+        )
+
+    def submit(self, engine, steps: int, priority: Priority = Priority.BATCH):
+        with self._lock:
+            self._counter += 1
+            n = self._counter
+        reference = self.references[n % len(self.references)]
+        request = generate_request(
+            f"bench-{n}",
+            self.classes.index(reference.class_name),
+            reference,
+            seed=n,
+            steps=steps,
+            guidance=self.defaults.guidance,
+            solver=self.defaults.solver,
+            priority=pb.PRIORITY_INTERACTIVE if priority == Priority.INTERACTIVE else 0,
+        )
+        build = lambda: self.backend.build(request, Deadline.none())  # noqa: E731
+        return engine.submit(request.request_id, request.request_id, build, priority, None)
+
+    def closed_loop(self, options: dict, concurrency: int, per_client: int) -> dict:
+        """`concurrency` clients, `per_client` requests each: clips/s and latencies."""
+        engine = self.engine(**options)
+        latencies: list[float] = []
+        errors: list[BaseException] = []
+
+        def client(i: int) -> None:
+            try:
+                for k in range(per_client):
+                    steps = self.step_mix[(i + k) % len(self.step_mix)]
+                    latencies.append(outcome(self.submit(engine, steps)).seconds)
+            except BaseException as error:  # reported after the join, not lost in a thread
+                errors.append(error)
+
+        began = time.perf_counter()
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(concurrency)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        wall = time.perf_counter() - began
+        engine.close()
+        if errors:
+            raise errors[0]
+        return {
+            "clips_per_s": len(latencies) / wall,
+            "p50_s": float(np.percentile(latencies, 50)),
+            "p95_s": float(np.percentile(latencies, 95)),
+            "wall_s": wall,
+            "clips": len(latencies),
+        }
+
+    def interactive_latency(
+        self, background: int, repeats: int, steps: int, alone: bool = True
+    ) -> list[float]:
+        """An interactive request's latency (seconds), `repeats` times, while `background`
+        batch requests keep the continuous engine busy (0: on the idle engine); `alone`: the
+        engine's `interactive_alone`."""
+        engine = self.engine(**VARIANTS["continuous"], interactive_alone=alone)
+        stop = threading.Event()
+
+        def keep_busy() -> None:
+            try:
+                while not stop.is_set():
+                    outcome(self.submit(engine, steps))
+            except RuntimeError:
+                if not stop.is_set():  # else: ended by the engine's close, as meant
+                    raise
+
+        threads = [threading.Thread(target=keep_busy, daemon=True) for _ in range(background)]
+        for t in threads:
+            t.start()
+        while background and engine.snapshot()["running"] < engine.max_batch_size:
+            time.sleep(0.05)
+        latencies = []
+        for _ in range(repeats):
+            latencies.append(outcome(self.submit(engine, steps, Priority.INTERACTIVE)).seconds)
+        stop.set()
+        engine.close()  # the background requests end with UNAVAILABLE
+        return latencies
+
+
+def run(
+    out_dir: Path,
+    device: str = "cpu",
+    threads: int = 2,
+    requests: int = 4,
+    repeats: int = 2,
+    concurrency: tuple[int, ...] = CONCURRENCY,
+    step_mix: tuple[int, ...] = STEP_MIX,
+) -> dict:
+    began = time.perf_counter()
+    machine = machine_facts()
+    with tempfile.TemporaryDirectory(prefix="bench-batching-") as tmp:
+        load = Workload(Path(tmp), device, threads, step_mix)
+    names = list(VARIANTS)
+    per_level: dict[int, dict[str, dict]] = {}
+    for level, c in enumerate(concurrency):
+        order = names[level % len(names) :] + names[: level % len(names)]
+        per_level[c] = {}
+        for name in order:
+            per_client = max(1, requests // c)
+            per_level[c][name] = load.closed_loop(VARIANTS[name], c, per_client)
+            print(f"batching: concurrency {c}, {name}: {per_level[c][name]}", flush=True)
+    steps = max(step_mix)
+    alone = device == "cpu"  # the sampler's --interactive-alone auto
+    idle = load.interactive_latency(0, repeats, steps)
+    print(f"batching: interactive on the idle engine {idle}", flush=True)
+    busy = load.interactive_latency(BACKGROUND, repeats, steps, alone)
+    print(f"batching: interactive beside {BACKGROUND} batch requests {busy}", flush=True)
+    other = load.interactive_latency(BACKGROUND, repeats, steps, not alone)
+    results = {
+        "machine": machine,
+        "machine_after": machine_facts(),
+        "settings": {
+            "device": device,
+            "threads": threads,
+            "batch": BATCH,
+            "requests_per_level": requests,
+            "step_mix": list(step_mix),
+            "repeats": repeats,
+            "guidance": load.defaults.guidance,
+            "solver": load.defaults.solver,
+        },
+        "concurrency": {str(c): v for c, v in per_level.items()},
+        "speedup_over_one_at_a_time": {
+            str(c): {n: v[n]["clips_per_s"] / v["one at a time"]["clips_per_s"] for n in names}
+            for c, v in per_level.items()
+        },
+        "interactive": {
+            "idle_s": idle,
+            "busy_s": busy,
+            "background": BACKGROUND,
+            "steps": steps,
+            "interactive_alone": alone,
+            "ratio": median(busy) / median(idle),
+            "other_mode_busy_s": other,
+            "other_mode_ratio": median(other) / median(idle),
+        },
+        "seconds": round(time.perf_counter() - began, 1),
+    }
+    write_results(out_dir, "batching", results)
+    _plot(out_dir, per_level)
+    return results
+
+
+def _plot(out_dir: Path, per_level: dict[int, dict[str, dict]]) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    levels = list(per_level)
+    for name in VARIANTS:
+        left.plot(levels, [per_level[c][name]["clips_per_s"] for c in levels], "o-", label=name)
+        right.plot(levels, [per_level[c][name]["p95_s"] for c in levels], "o-", label=name)
+    for ax, label in ((left, "clips/s"), (right, "p95 latency (s)")):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("concurrent clients")
+        ax.set_ylabel(label)
+    left.legend()
+    fig.tight_layout()
+    path = out_dir / "batching.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _section(settings: BenchSettings) -> list[Row]:
+    if settings.quick:
+        results = run(
+            Path(settings.out_dir), settings.device, settings.threads, 1, 1, (1, 2), (2, 1, 3)
+        )
+    else:
+        results = run(Path(settings.out_dir), settings.device, settings.threads)
+    target = TARGET_GPU if settings.device == "cuda" else TARGET_CPU
+    rows = []
+    speedups = results["speedup_over_one_at_a_time"]
+    worst = min(v["continuous"] for v in speedups.values())
+    for c, level in results["concurrency"].items():
+        cont, one, whole = (level[n] for n in VARIANTS)
+        ratio = speedups[c]["continuous"]
+        held = c == "8"
+        rows.append(
+            Row(
+                "batching",
+                f"continuous / one at a time, concurrency {c}",
+                ratio,
+                "x",
+                f">= {target}" if held else ">= 1.0",
+                at_least(ratio, target if held else 1.0),
+                f"{cont['clips_per_s']:.2f} vs {one['clips_per_s']:.2f} clips/s "
+                f"(whole-request {whole['clips_per_s']:.2f}); p50/p95 {cont['p50_s']:.1f}/"
+                f"{cont['p95_s']:.1f}s vs {one['p50_s']:.1f}/{one['p95_s']:.1f}s "
+                f"(whole-request {whole['p50_s']:.1f}/{whole['p95_s']:.1f}s)",
+            )
+        )
+    rows.append(Row("batching", "lowest continuous / one at a time", worst, "x", ">= 1.0",
+                    at_least(worst, 1.0)))  # fmt: skip
+    inter = results["interactive"]
+    rows.append(
+        Row(
+            "batching",
+            f"interactive latency with {inter['background']} batch requests / idle",
+            inter["ratio"],
+            "x",
+            f"<= {TARGET_PRIORITY}",
+            at_most(inter["ratio"], TARGET_PRIORITY),
+            f"{median(inter['busy_s']):.1f}s vs {median(inter['idle_s']):.1f}s idle "
+            f"({inter['steps']} steps; interactive_alone {inter['interactive_alone']}; "
+            f"{'sharing steps' if inter['interactive_alone'] else 'alone'}: "
+            f"{inter['other_mode_ratio']:.2f}x)",
+        )
+    )
+    return rows
+
+
+SECTION = Section("batching", "Step-level batching vs one at a time and whole-request", _section)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=4, help="at least, per concurrency")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--concurrency", type=int, nargs="+", default=list(CONCURRENCY))
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    results = run(
+        args.out,
+        args.device,
+        args.threads,
+        args.requests,
+        args.repeats,
+        tuple(args.concurrency),
+    )
+    print(f"machine: {results['machine']}; {results['seconds']}s")
+    for c, level in results["concurrency"].items():
+        line = ", ".join(
+            f"{n} {v['clips_per_s']:.2f} clips/s p50/p95 {v['p50_s']:.1f}/{v['p95_s']:.1f}s"
+            for n, v in level.items()
+        )
+        print(f"concurrency {c}: {line}")
+    print(f"interactive: {results['interactive']}")
+    print(f"wrote {args.out / 'batching.json'} and {args.out / 'batching.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

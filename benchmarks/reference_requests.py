@@ -1,0 +1,69 @@
+"""Generation requests as the sampler receives them, with real conditions.
+
+One reference clip per class of the bundled Phantom dataset's train split; its MedSAM image
+prior and its motion (field, trajectories, mask) are computed in this process with the code the
+condition encoder and the motion extractor run (`services.models.conditions`), once, and sent
+as tensors, so a benchmark of the sampler measures sampling rather than condition fetching.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from clients.rpc.sampler import conditions_message
+from genaug.v1 import sampler_pb2 as pb
+from services.data import layout
+from services.data.phantoms import PHANTOM_NAME, ensure_bundled_dataset
+
+
+@dataclass(frozen=True)
+class Reference:
+    class_name: str
+    conditions: pb.Conditions
+
+
+def class_references(work: Path, classes: list[str]) -> list[Reference]:
+    """The first train clip of each of the generator's `classes`, with its conditions."""
+    from services.models.conditions import InProcessConditions
+
+    data = ensure_bundled_dataset(work / "data")
+    dataset = layout.load_dataset(data, PHANTOM_NAME, "train")
+    by_class = dataset.by_class()
+    source = InProcessConditions("codec")
+    references = []
+    for name in classes:
+        frames = layout.read_clip(by_class[name][0].path)
+        field, trajectories, mask = source.motion(frames)
+        message = conditions_message(
+            image_prior=source.prior(frames),
+            motion_field=field,
+            trajectories=trajectories,
+            trajectory_mask=mask,
+        )
+        references.append(Reference(name, message))
+    return references
+
+
+def generate_request(
+    request_id: str,
+    class_id: int,
+    reference: Reference,
+    seed: int,
+    steps: int,
+    guidance: float,
+    solver: str,
+    priority: int = pb.PRIORITY_BATCH,
+    decode: bool = False,
+) -> pb.GenerateRequest:
+    return pb.GenerateRequest(
+        request_id=request_id,
+        class_id=class_id,
+        conditions=reference.conditions,
+        seed=seed,
+        steps=steps,
+        guidance_scale=guidance,
+        solver=solver,
+        decode=decode,
+        priority=priority,
+    )
