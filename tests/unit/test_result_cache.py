@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from genaug.v1 import sampler_pb2 as pb
 from services.sampler.engine import ContinuousBatchingEngine
@@ -87,13 +88,16 @@ def test_the_sampler_flags_set_both_bounds_of_the_engines_cache():
     args = parser.parse_args(["--result-cache-entries", "7", "--result-cache-mib", "1.5"])
     with pytest.raises(SystemExit):
         parser.parse_args(["--result-cache-mib", "-1"])
-    backend = SimpleNamespace(router=CountingSampler(), warmup=lambda: None, refresh=list)
+    backend = SimpleNamespace(
+        router=CountingSampler(), warmup=lambda: None, refresh=list, device=torch.device("cpu")
+    )
     bounds = (args.result_cache_entries, int(args.result_cache_mib * 2**20))
     runtime = SamplerRuntime(backend, SimpleNamespace(engine=None), 2, 4, bounds)
     runtime.warmup()
     try:
         assert runtime.engine._done.max_entries == 7
         assert runtime.engine._done.max_bytes == 3 << 19
+        assert runtime.engine.interactive_alone  # --interactive-alone auto, on a CPU
     finally:
         runtime.stop()
 
