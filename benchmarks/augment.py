@@ -45,6 +45,7 @@ from clients.augment.options import AugmentOptions
 from clients.augment.references import ReferenceConditions
 from clients.augment.spans import CATEGORIES
 from clients.local_cluster import LocalCluster
+from services.common.compute_lane import run_on_lane
 from services.data import layout
 from services.data.phantoms import PHANTOM_NAME, ensure_bundled_dataset
 
@@ -61,7 +62,9 @@ class InProcess:
 
         from services.sampler.backend import SamplerBackend
 
+        # The backend loads and runs on the compute lane, as in the service (one OpenMP team).
         torch.set_num_threads(threads)
+        run_on_lane(torch.set_num_threads, threads)
         self.backend = SamplerBackend(MODEL_DIR, device)  # no codec target: decodes here
         self.backend.load()
         self.backend.warmup()
@@ -95,6 +98,9 @@ class InProcess:
     def run(self, routed: list, batch: int = BATCH) -> dict:
         """Sample and decode every request, `batch` at a time: seconds in all, sampling and
         decoding, and the mean seconds of one denoising step."""
+        return run_on_lane(self._run, routed, batch)
+
+    def _run(self, routed: list, batch: int) -> dict:
         import torch
 
         sampling = decoding = 0.0

@@ -37,6 +37,7 @@ from benchmarks.suite import BenchSettings, Row, Section, at_least, at_most
 from clients.augment.sampling_defaults import sampling_defaults
 from genaug.deadline import Deadline
 from genaug.v1 import sampler_pb2 as pb
+from services.common.compute_lane import run_on_lane
 from services.sampler.jobs import Failed, Finished, Priority
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -70,6 +71,7 @@ class Workload:
         from services.sampler.backend import SamplerBackend
 
         torch.set_num_threads(threads)
+        run_on_lane(torch.set_num_threads, threads)  # where the engine steps
         self.backend = SamplerBackend(MODEL_DIR, device)
         self.backend.load()
         self.backend.warmup()

@@ -32,6 +32,7 @@ from benchmarks.reference_requests import class_references, generate_request
 from benchmarks.suite import BenchSettings, Row, Section
 from clients.augment.sampling_defaults import sampling_defaults
 from genaug.deadline import Deadline
+from services.common.compute_lane import run_on_lane
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -106,6 +107,11 @@ def run(
     steps: int = 6,
     compile_unet: bool = False,
 ) -> dict:
+    """Measured on the compute lane, where the sampler service steps (one OpenMP team)."""
+    return run_on_lane(_run, out_dir, device, threads, steps, compile_unet)
+
+
+def _run(out_dir: Path, device: str, threads: int, steps: int, compile_unet: bool) -> dict:
     import torch
 
     from services.models.ldm.pipeline import SequenceSampler
@@ -113,7 +119,7 @@ def run(
 
     began = time.perf_counter()
     machine = machine_facts()
-    torch.set_num_threads(threads)
+    torch.set_num_threads(threads)  # on the lane: _run runs there
     backend = SamplerBackend(MODEL_DIR, device)
     backend.load()
     generator = backend.generator("")

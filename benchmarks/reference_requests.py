@@ -13,6 +13,7 @@ from pathlib import Path
 
 from clients.rpc.sampler import conditions_message
 from genaug.v1 import sampler_pb2 as pb
+from services.common.compute_lane import run_on_lane
 from services.data import layout
 from services.data.phantoms import PHANTOM_NAME, ensure_bundled_dataset
 
@@ -24,7 +25,12 @@ class Reference:
 
 
 def class_references(work: Path, classes: list[str]) -> list[Reference]:
-    """The first train clip of each of the generator's `classes`, with its conditions."""
+    """The first train clip of each of the generator's `classes`, with its conditions,
+    computed on the compute lane (a second OpenMP team would slow the measured work)."""
+    return run_on_lane(_class_references, work, classes)
+
+
+def _class_references(work: Path, classes: list[str]) -> list[Reference]:
     from services.models.conditions import InProcessConditions
 
     data = ensure_bundled_dataset(work / "data")

@@ -31,6 +31,7 @@ from tritonclient.grpc import service_pb2_grpc
 
 from genaug.wire import DEFAULT_CHUNK_BYTES
 from services.common import kserve, metrics
+from services.common.compute_lane import run_on_lane
 from services.common.config import ServerConfig
 from services.common.interceptors import (
     BearerTokenInterceptor,
@@ -236,6 +237,9 @@ class ModelServer:
         return routes
 
     def load_models(self) -> None:
+        run_on_lane(self._load_models)  # warm-up's tensor work on the thread that serves it
+
+    def _load_models(self) -> None:
         for component in self.components:
             component.load()
             component.warmup()

@@ -19,6 +19,7 @@ from clients.rpc.conditions import GrpcConditions
 from genaug import wire
 from genaug.deadline import Deadline
 from genaug.errors import GenaugError, InvalidArgument
+from services.common.compute_lane import run_on_lane
 from services.models.generators import GeneratorEntry, default_model, pick, scan
 from services.models.ldm.pipeline import SOLVERS, SamplingRequest
 from services.models.repository import CARD_FILE, GeneratorCard
@@ -123,7 +124,7 @@ class SamplerBackend:
         self._connect()
         self._empty_text = torch.from_numpy(self.encode_text([""], Deadline.none())[0])
         entries = scan(self.model_dir, self.models or None)
-        loaded = {name: self._load(entry) for name, entry in entries.items()}
+        loaded = {name: run_on_lane(self._load, entry) for name, entry in entries.items()}
         self.default_model = default_model(self.model_dir, entries, self.configured_default)
         self.generators = loaded
 
@@ -168,8 +169,8 @@ class SamplerBackend:
                 if self._failed.get(name) == key:
                     continue
                 try:
-                    generator = self._load(entry)
-                    generator.warmup()
+                    generator = run_on_lane(self._load, entry)
+                    run_on_lane(generator.warmup)
                 except Exception as error:  # a bad export must not take the sampler down
                     self._failed[name] = key
                     logger.error("generator %s version %s failed to load: %s",
@@ -224,7 +225,7 @@ class SamplerBackend:
 
     def warmup(self) -> None:
         for generator in self.generators.values():
-            generator.warmup()
+            run_on_lane(generator.warmup)
 
     def parameters(self) -> dict[str, str]:
         default = self.generators.get(self.default_model) or next(iter(self.generators.values()))
@@ -244,6 +245,9 @@ class SamplerBackend:
         client = self._clients.get("encoder")
         if client is not None:
             return client.text(texts, timeout=deadline.downstream_timeout(default=60))
+        return run_on_lane(self._encode_text_here, texts)
+
+    def _encode_text_here(self, texts: list[str]) -> np.ndarray:
         if self._text_encoder is None:
             from services.models.text import load_text_encoder
 
@@ -373,7 +377,7 @@ class SamplerBackend:
                 model=generator.name,
                 model_version=generator.entry.version,
             )
-        return generator.local_codec.decode(latents, deadline)
+        return run_on_lane(generator.local_codec.decode, latents, deadline)
 
 
 def _stamp(path: Path) -> tuple:

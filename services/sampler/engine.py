@@ -37,6 +37,7 @@ from genaug.errors import (
     ResourceExhausted,
     Unavailable,
 )
+from services.common.compute_lane import run_on_lane
 from services.common.memory import release_free_heap
 from services.sampler import metrics
 from services.sampler.jobs import Failed, Finished, Job, Priority, Progress, Queued
@@ -175,7 +176,8 @@ class ContinuousBatchingEngine(SamplerEngine):
             self._update_gauges()
         # Conditions are fetched and embedded outside the lock: other requests keep stepping.
         try:
-            job.state = self.sampler.prepare(build_request())
+            built = build_request()  # may wait on other services: not on the lane
+            job.state = run_on_lane(self.sampler.prepare, built)
         except GenaugError as error:  # before ValueError: InvalidArgument is one
             self._prepared(job, error)
             raise
@@ -259,7 +261,7 @@ class ContinuousBatchingEngine(SamplerEngine):
                 self._worked = True
             began = time.perf_counter()
             try:
-                self.sampler.step([job.state for job in batch])
+                run_on_lane(self.sampler.step, [job.state for job in batch])
             except Exception:
                 logger.exception("denoising step failed; failing the batch")
                 for job in batch:
@@ -291,7 +293,7 @@ class ContinuousBatchingEngine(SamplerEngine):
         state = job.state
         job.record_step(seconds)
         if state.done:
-            latents = self.sampler.finish(state).detach().float().cpu()
+            latents = run_on_lane(lambda: self.sampler.finish(state).detach().float().cpu())
             self._retire(job, Finished(latents, time.monotonic() - job.submitted))
             return
         preview = job.preview_every and state.step_index % job.preview_every == 0
