@@ -45,7 +45,7 @@ from clients.augment.options import AugmentOptions
 from clients.augment.references import ReferenceConditions
 from clients.augment.spans import CATEGORIES
 from clients.local_cluster import LocalCluster
-from services.common.compute_lane import run_on_lane
+from genaug.compute_lane import run_on_lane
 from services.data import layout
 from services.data.phantoms import PHANTOM_NAME, ensure_bundled_dataset
 

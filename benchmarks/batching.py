@@ -35,9 +35,9 @@ from benchmarks.demo_job import BATCH, MODEL_DIR
 from benchmarks.reference_requests import class_references, generate_request
 from benchmarks.suite import BenchSettings, Row, Section, at_least, at_most
 from clients.augment.sampling_defaults import sampling_defaults
+from genaug.compute_lane import run_on_lane
 from genaug.deadline import Deadline
 from genaug.v1 import sampler_pb2 as pb
-from services.common.compute_lane import run_on_lane
 from services.sampler.jobs import Failed, Finished, Priority
 
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -31,8 +31,8 @@ from benchmarks.demo_job import BATCH, MODEL_DIR
 from benchmarks.reference_requests import class_references, generate_request
 from benchmarks.suite import BenchSettings, Row, Section
 from clients.augment.sampling_defaults import sampling_defaults
+from genaug.compute_lane import run_on_lane
 from genaug.deadline import Deadline
-from services.common.compute_lane import run_on_lane
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

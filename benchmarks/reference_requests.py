@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from clients.rpc.sampler import conditions_message
+from genaug.compute_lane import run_on_lane
 from genaug.v1 import sampler_pb2 as pb
-from services.common.compute_lane import run_on_lane
 from services.data import layout
 from services.data.phantoms import PHANTOM_NAME, ensure_bundled_dataset
 

@@ -29,9 +29,9 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from tritonclient.grpc import service_pb2_grpc
 
+from genaug.compute_lane import run_on_lane
 from genaug.wire import DEFAULT_CHUNK_BYTES
 from services.common import kserve, metrics
-from services.common.compute_lane import run_on_lane
 from services.common.config import ServerConfig
 from services.common.interceptors import (
     BearerTokenInterceptor,

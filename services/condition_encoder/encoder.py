@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
+from genaug.compute_lane import LANE
 from genaug.deadline import Deadline
 from genaug.errors import GenaugError, InvalidArgument
-from genaug.slots import ComputeSlots
 from services.models.generators import generator_dir
 from services.models.medsam import (
     PRIOR_SHAPE,
@@ -103,8 +103,6 @@ class ConditionEncoder:
         self.text: TextEncoder | None = None
         self.projection = "none"
         self.projection_path: Path | None = None
-        # One forward at a time for both networks: they share the same cores.
-        self._slots = ComputeSlots(1)
         self._load_lock = threading.Lock()
 
     # -- loading --------------------------------------------------------------------------
@@ -233,8 +231,10 @@ class ConditionEncoder:
         out = np.empty((frames.shape[0], *PRIOR_SHAPE), np.float32)
         step = self.image.batch_size
         for start in range(0, frames.shape[0], step):
-            with self._slots.turn(deadline, "image prior"):
-                out[start : start + step] = self.image.encode(frames[start : start + step])
+            chunk = frames[start : start + step]
+            out[start : start + step] = LANE.run_within(
+                deadline, "image prior", self.image.encode, chunk
+            )
         return out
 
     def encode_text(
@@ -245,6 +245,6 @@ class ConditionEncoder:
         deadline = deadline or Deadline.none()
         parts = []
         for start in range(0, len(captions), self.text_batch):
-            with self._slots.turn(deadline, "text embedding"):
-                parts.append(self.text.encode(captions[start : start + self.text_batch]))
+            chunk = captions[start : start + self.text_batch]
+            parts.append(LANE.run_within(deadline, "text embedding", self.text.encode, chunk))
         return np.ascontiguousarray(np.concatenate(parts).astype(np.float32, copy=False))

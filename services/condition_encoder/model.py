@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 
 from genaug.deadline import Deadline
-from services.common.compute_lane import run_on_lane
 from services.common.model import BYTES, Model, TensorSpec
 from services.condition_encoder.encoder import ConditionEncoder
 
@@ -26,15 +25,13 @@ class ImagePriorModel(Model):
 
     def warmup(self) -> None:
         # One frame: the first forward pays one-off costs (allocator, kernels), ~1-3 s.
-        run_on_lane(self.encoder.encode_image_prior, np.zeros((1, 64, 64), np.uint8))
+        self.encoder.encode_image_prior(np.zeros((1, 64, 64), np.uint8))
 
     def parameters(self) -> dict[str, str]:
         return self.encoder.image_info()
 
     def predict(self, inputs, deadline: Deadline):
-        prior = run_on_lane(
-            self.encoder.encode_image_prior, inputs["frames"], deadline, "inputs[frames]"
-        )
+        prior = self.encoder.encode_image_prior(inputs["frames"], deadline, "inputs[frames]")
         return {"prior": prior}
 
 
@@ -53,11 +50,11 @@ class TextEmbeddingModel(Model):
         self.encoder.load_text()
 
     def warmup(self) -> None:
-        run_on_lane(self.encoder.encode_text, ["", "warm-up caption"])
+        self.encoder.encode_text(["", "warm-up caption"])
 
     def parameters(self) -> dict[str, str]:
         return self.encoder.text_info()
 
     def predict(self, inputs, deadline: Deadline):
         texts = inputs["text"].reshape(-1).tolist()
-        return {"embedding": run_on_lane(self.encoder.encode_text, texts, deadline, "inputs[text]")}
+        return {"embedding": self.encoder.encode_text(texts, deadline, "inputs[text]")}

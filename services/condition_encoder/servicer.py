@@ -7,7 +7,6 @@ from genaug.deadline import Deadline
 from genaug.errors import InvalidArgument
 from genaug.v1 import condition_encoder_pb2 as pb
 from genaug.v1 import condition_encoder_pb2_grpc
-from services.common.compute_lane import run_on_lane
 from services.condition_encoder.encoder import ConditionEncoder
 
 
@@ -19,13 +18,11 @@ class ConditionEncoderServicer(condition_encoder_pb2_grpc.ConditionEncoderServic
         if not wire.is_set(request.frames):
             raise InvalidArgument("frames", "is not set: send UINT8 or FP32 frames (N,H,W)")
         frames = wire.from_proto(request.frames, "frames")
-        prior = run_on_lane(
-            self.encoder.encode_image_prior, frames, Deadline.from_context(context), "frames"
-        )
+        prior = self.encoder.encode_image_prior(frames, Deadline.from_context(context), "frames")
         return pb.ImagePriorResponse(prior=wire.to_proto(prior))
 
     def EncodeText(self, request, context):
-        embedding = run_on_lane(
-            self.encoder.encode_text, list(request.texts), Deadline.from_context(context), "texts"
+        embedding = self.encoder.encode_text(
+            list(request.texts), Deadline.from_context(context), "texts"
         )
         return pb.TextResponse(embedding=wire.to_proto(embedding))

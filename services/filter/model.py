@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 
 from genaug.deadline import Deadline
-from services.common.compute_lane import run_on_lane
 from services.common.model import Model, TensorSpec
 from services.filter.scorer import PoolScorer
 
@@ -33,7 +32,7 @@ class VaeSeqModel(_ScorerModel):
     outputs = (TensorSpec("score", "FP32", (-1,)),)
 
     def warmup(self) -> None:
-        run_on_lane(self.scorer.vae_seq_scores, self._warm_clips())
+        self.scorer.vae_seq_scores(self._warm_clips())
 
     def parameters(self) -> dict[str, str]:
         return {"weights": self.scorer.vae_weights, **self.scorer.info()}
@@ -41,7 +40,7 @@ class VaeSeqModel(_ScorerModel):
     def predict(self, inputs, deadline: Deadline):
         clips = inputs["clips"]
         self.scorer.check_batch(clips, "inputs[clips]")
-        return {"score": run_on_lane(self.scorer.vae_seq_scores, clips, deadline)}
+        return {"score": self.scorer.vae_seq_scores(clips, deadline)}
 
 
 class ClassifierModel(_ScorerModel):
@@ -52,7 +51,7 @@ class ClassifierModel(_ScorerModel):
     outputs = (TensorSpec("logits", "FP32", (-1, -1)),)
 
     def warmup(self) -> None:
-        run_on_lane(self.scorer.logits, self._warm_clips())
+        self.scorer.logits(self._warm_clips())
 
     def parameters(self) -> dict[str, str]:
         return {"weights": self.scorer.classifier_weights, **self.scorer.info()}
@@ -60,4 +59,4 @@ class ClassifierModel(_ScorerModel):
     def predict(self, inputs, deadline: Deadline):
         clips = inputs["clips"]
         self.scorer.check_batch(clips, "inputs[clips]")
-        return {"logits": run_on_lane(self.scorer.logits, clips, deadline)}
+        return {"logits": self.scorer.logits(clips, deadline)}

@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from genaug.compute_lane import LANE
 from genaug.deadline import Deadline
 from genaug.errors import InvalidArgument
-from genaug.slots import ComputeSlots
 from services.filter import pool
 from services.models.classifier import (
     CONFIG_NAME,
@@ -76,9 +76,8 @@ class PoolScorer:
         self.device = resolve_device(device)
         self.classifier: VideoClassifier | None = None
         self.classifier_weights = ""
-        self._slots = ComputeSlots(1)  # shared by the VAE and the classifier
         self.codec = VaeCodec(
-            self.model_dir / "vae", vae_config, seed, device, max(1, batch_frames), self._slots
+            self.model_dir / "vae", vae_config, seed, device, max(1, batch_frames)
         )
         self._load_lock = threading.Lock()
 
@@ -177,7 +176,10 @@ class PoolScorer:
 
     # -- compute --------------------------------------------------------------------------
     def _logits(self, clip: np.ndarray, deadline: Deadline) -> np.ndarray:
-        with self._slots.turn(deadline, "classifier"), torch.inference_mode():
+        return LANE.run_within(deadline, "classifier", self._logits_here, clip)
+
+    def _logits_here(self, clip: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
             x = torch.from_numpy(np.array(clip[None])).to(self.device)
             return self.classifier(x)[0].float().cpu().numpy()
 

@@ -19,7 +19,6 @@ from genaug.deadline import Deadline
 from genaug.errors import InvalidArgument
 from genaug.v1 import filter_pb2 as pb
 from genaug.v1 import filter_pb2_grpc
-from services.common.compute_lane import run_on_lane
 from services.filter import memorisation, metrics, pool, reference_band
 from services.filter.scorer import PoolScorer
 from services.models.per_generator import PerGenerator
@@ -140,7 +139,7 @@ class FilterServicer(filter_pb2_grpc.FilterServicer):
             clip_msg = request.clip
             clip = self._validated_clip(scorer, clip_msg, i, shape, first_index)
             shape = clip.shape
-            result = run_on_lane(scorer.score_clip, clip, deadline)
+            result = scorer.score_clip(clip, deadline)
             signatures.append(memorisation.signature(clip))
             ce = pool.cross_entropy(result.logits[None], [clip_msg.label])[0]
             scores.append(
@@ -169,7 +168,7 @@ class FilterServicer(filter_pb2_grpc.FilterServicer):
             raise InvalidArgument("references", f"more than {self.max_clips} reference clips")
         clip = self._validated_clip(scorer, message, j, shape, first_reference, "references")
         if options.band_scope == "reference":
-            refs.vae_seq.append(run_on_lane(scorer.score_clip, clip, deadline).vae_seq)
+            refs.vae_seq.append(scorer.score_clip(clip, deadline).vae_seq)
         refs.ids.append(message.clip_id)
         refs.cases.append(message.case_id)
         refs.labels.append(int(message.label))

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from genaug.compute_lane import LANE
 from genaug.deadline import Deadline
 from genaug.errors import InvalidArgument
-from genaug.slots import ComputeSlots
 from services.models.runtime import resolve_device, resolve_dtype
 from services.models.vae import downsample_factor, load_for_inference
 
@@ -27,8 +27,9 @@ class VaeCodec:
             configuration starts from seed `seed` and reports "seeded-initialisation".
         device: "auto", "cpu", "cuda", ...
         batch_frames: frames per forward; the deadline is checked between forwards.
-        slots: compute slots shared with the caller's other networks (default: its own, one
-            forward at a time).
+
+    Forwards run on the process's compute lane (`genaug.compute_lane`): one at a time, on the
+    thread that runs all of the process's tensor work.
     """
 
     def __init__(
@@ -38,7 +39,6 @@ class VaeCodec:
         seed: int = 0,
         device: str = "auto",
         batch_frames: int = 8,
-        slots: ComputeSlots | None = None,
     ):
         self.weights_dir = Path(weights_dir)
         self.config_name = config_name
@@ -48,8 +48,6 @@ class VaeCodec:
         self.batch_frames = batch_frames
         self.vae = None
         self.provenance = ""
-        # One forward at a time: concurrent forwards on a CPU only thrash its cores.
-        self._slots = slots or ComputeSlots(1)
         self._load_lock = threading.Lock()
 
     def load(self) -> None:
@@ -141,10 +139,13 @@ class VaeCodec:
         return self.vae.decode(z / self.scaling_factor).sample.clamp(-1, 1)
 
     def _batched(self, array: np.ndarray, fn, deadline: Deadline, stage: str) -> np.ndarray:
+        return LANE.run_within(deadline, stage, self._batched_here, array, fn, deadline, stage)
+
+    def _batched_here(self, array: np.ndarray, fn, deadline: Deadline, stage: str) -> np.ndarray:
         outputs = []
-        with self._slots.turn(deadline, stage), torch.inference_mode():
+        with torch.inference_mode():
             for start in range(0, array.shape[0], self.batch_frames):
-                if start:  # `turn` has just checked it before the first batch
+                if start:  # `run_within` has just checked it before the first batch
                     deadline.check(stage)
                 chunk = torch.from_numpy(np.array(array[start : start + self.batch_frames]))
                 out = fn(chunk.to(self.device, self.dtype))

@@ -17,9 +17,9 @@ import torch
 
 from clients.rpc.conditions import GrpcConditions
 from genaug import wire
+from genaug.compute_lane import LANE, run_on_lane
 from genaug.deadline import Deadline
 from genaug.errors import GenaugError, InvalidArgument
-from services.common.compute_lane import run_on_lane
 from services.models.generators import GeneratorEntry, default_model, pick, scan
 from services.models.ldm.pipeline import SOLVERS, SamplingRequest
 from services.models.repository import CARD_FILE, GeneratorCard
@@ -245,7 +245,7 @@ class SamplerBackend:
         client = self._clients.get("encoder")
         if client is not None:
             return client.text(texts, timeout=deadline.downstream_timeout(default=60))
-        return run_on_lane(self._encode_text_here, texts)
+        return LANE.run_within(deadline, "text embedding", self._encode_text_here, texts)
 
     def _encode_text_here(self, texts: list[str]) -> np.ndarray:
         if self._text_encoder is None:
@@ -377,7 +377,7 @@ class SamplerBackend:
                 model=generator.name,
                 model_version=generator.entry.version,
             )
-        return run_on_lane(generator.local_codec.decode, latents, deadline)
+        return generator.local_codec.decode(latents, deadline)  # on the lane: VaeCodec
 
 
 def _stamp(path: Path) -> tuple:

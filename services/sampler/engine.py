@@ -29,6 +29,7 @@ from collections import Counter, deque
 from collections.abc import Callable
 from typing import Protocol
 
+from genaug.compute_lane import run_on_lane
 from genaug.errors import (
     Cancelled,
     DeadlineExceeded,
@@ -37,7 +38,6 @@ from genaug.errors import (
     ResourceExhausted,
     Unavailable,
 )
-from services.common.compute_lane import run_on_lane
 from services.common.memory import release_free_heap
 from services.sampler import metrics
 from services.sampler.jobs import Failed, Finished, Job, Priority, Progress, Queued

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 
 from genaug.deadline import Deadline
-from services.common.compute_lane import run_on_lane
 from services.common.model import Model, TensorSpec
 from services.models.vae_codec import VaeCodec
 
@@ -39,10 +38,10 @@ class VaeEncodeModel(_CodecModel):
 
     def warmup(self) -> None:
         f = self.codec.factor
-        run_on_lane(self.codec.encode, np.zeros((1, 1, 8 * f, 8 * f), np.float32))
+        self.codec.encode(np.zeros((1, 1, 8 * f, 8 * f), np.float32))
 
     def predict(self, inputs, deadline: Deadline):
-        return {"latents": run_on_lane(self.codec.encode, inputs["frames"], deadline)}
+        return {"latents": self.codec.encode(inputs["frames"], deadline)}
 
 
 class VaeDecodeModel(_CodecModel):
@@ -54,7 +53,7 @@ class VaeDecodeModel(_CodecModel):
         self.inputs = (spec,)
 
     def warmup(self) -> None:
-        run_on_lane(self.codec.decode, np.zeros((1, self.codec.latent_channels, 8, 8), np.float32))
+        self.codec.decode(np.zeros((1, self.codec.latent_channels, 8, 8), np.float32))
 
     def predict(self, inputs, deadline: Deadline):
-        return {"frames": run_on_lane(self.codec.decode, inputs["latents"], deadline)}
+        return {"frames": self.codec.decode(inputs["latents"], deadline)}

@@ -9,7 +9,6 @@ from genaug import wire
 from genaug.deadline import Deadline
 from genaug.errors import InvalidArgument
 from genaug.v1 import vae_codec_pb2, vae_codec_pb2_grpc
-from services.common.compute_lane import run_on_lane
 from services.models.per_generator import PerGenerator
 from services.models.vae_codec import VaeCodec
 
@@ -39,25 +38,25 @@ class VaeCodecServicer(vae_codec_pb2_grpc.VaeCodecServicer):
     def Encode(self, request, context):
         codec = self.codecs.get(request.model, request.model_version)
         frames = wire.from_proto(request.frames, "frames")
-        latents = run_on_lane(codec.encode, frames, Deadline.from_context(context))
+        latents = codec.encode(frames, Deadline.from_context(context))
         return vae_codec_pb2.EncodeResponse(latents=wire.to_proto(latents))
 
     def Decode(self, request, context):
         codec = self.codecs.get(request.model, request.model_version)
         latents = wire.from_proto(request.latents, "latents")
-        frames = run_on_lane(codec.decode, latents, Deadline.from_context(context))
+        frames = codec.decode(latents, Deadline.from_context(context))
         return vae_codec_pb2.DecodeResponse(frames=wire.to_proto(frames))
 
     def EncodeStream(self, request_iterator, context):
         codec = self.codecs.get(*_named(context))
         frames = _single_tensor(request_iterator, "frames", self.max_tensor_bytes)
-        latents = run_on_lane(codec.encode, frames, Deadline.from_context(context))
+        latents = codec.encode(frames, Deadline.from_context(context))
         yield from wire.iter_chunks("latents", latents)
 
     def DecodeStream(self, request_iterator, context):
         codec = self.codecs.get(*_named(context))
         latents = _single_tensor(request_iterator, "latents", self.max_tensor_bytes)
-        frames = run_on_lane(codec.decode, latents, Deadline.from_context(context))
+        frames = codec.decode(latents, Deadline.from_context(context))
         yield from wire.iter_chunks("frames", frames)
 
     def GetCodecInfo(self, request, context):

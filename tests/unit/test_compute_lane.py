@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from services.common.compute_lane import LANE, ComputeLane
+from genaug.compute_lane import LANE, ComputeLane
+from genaug.deadline import Deadline
+from genaug.errors import DeadlineExceeded
 from services.sampler.engine import ContinuousBatchingEngine
 from services.sampler.jobs import Finished, Priority
 from tests.unit.test_ldm_pipeline import request
@@ -82,3 +85,37 @@ def test_the_engine_prepares_steps_and_finishes_on_the_lane():
         assert len(sampler.threads) == 1 and next(iter(sampler.threads)).startswith("compute-lane")
     finally:
         engine.close()
+
+
+def test_a_request_waiting_for_a_busy_lane_gives_up_at_its_deadline_and_is_not_run_later():
+    lane = ComputeLane("test-lane")
+    release, ran = threading.Event(), []
+    busy = ThreadPoolExecutor(1).submit(lane.run, release.wait, 5)  # the lane is busy
+    try:
+        began = time.monotonic()
+        with pytest.raises(DeadlineExceeded, match="waiting to run image prior"):
+            lane.run_within(Deadline(0.2), "image prior", lambda: ran.append("late"))
+        assert time.monotonic() - began < 1.0  # not the 5 s the lane stays busy
+    finally:
+        release.set()
+    assert busy.result() is True
+    assert lane.run(lambda: 1) == 1 and ran == []  # withdrawn: it never ran afterwards
+
+
+def test_a_request_that_started_runs_to_its_end_and_its_own_errors_reach_the_caller():
+    lane = ComputeLane("test-lane")
+
+    def slow() -> str:
+        time.sleep(0.4)  # past the deadline: a started task is not abandoned half-way
+        return "done"
+
+    assert lane.run_within(Deadline(0.1), "decode", slow) == "done"
+    with pytest.raises(DeadlineExceeded, match="deadline exceeded during decode"):
+        lane.run_within(Deadline(0), "decode", slow)  # spent before it starts: never submitted
+
+    def fails() -> None:
+        raise DeadlineExceeded("no time left for a downstream call")
+
+    # A TimeoutError from the task itself is its result, not a wait that timed out.
+    with pytest.raises(DeadlineExceeded, match="downstream call"):
+        lane.run_within(Deadline(None), "decode", fails)
