@@ -29,6 +29,7 @@ SECTION_MODULES = (
     "benchmarks.serving",
     "benchmarks.batching",
     "benchmarks.compute",
+    "benchmarks.official",
     "benchmarks.augment",
     "benchmarks.memory",
 )

@@ -1,14 +1,15 @@
 """Quality of the bundled generator: class fidelity, VAE PSNR and sampling time.
 
 For each class, `--clips-per-class` held-out (test split) reference clips guide one generated
-clip each (their class, caption, image prior, motion field and trajectories; DDIM with
-classifier-free guidance); the real-data classifier then says which class each generated clip
+clip each (their class, caption, image prior, motion field and trajectories; the generator's
+`sampling.json` solver, steps and classifier-free guidance unless flags say otherwise); the
+real-data classifier then says which class each generated clip
 looks like. `class_fidelity` is the share assigned to the conditioned class. `vae_psnr_db` is the
 VAE's reconstruction PSNR on every held-out frame. Prints ONE JSON line and writes
 `benchmarks/results/generator_quality.{json,png}` (the PNG: real reference vs generated clip,
 per class).
 
-    python -m benchmarks.generator_quality --clips-per-class 10 --guidance 3 --steps 25
+    python -m benchmarks.generator_quality --clips-per-class 10 [--solver ddim --steps 25]
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import numpy as np
 import torch
 
 from benchmarks.common import machine_facts, write_results
+from clients.augment.sampling_defaults import sampling_defaults
 from services.models.generators import generator_dir
 
 logger = logging.getLogger(__name__)
@@ -70,8 +72,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--dataset-root", type=Path, default=Path("runs/data"))
     parser.add_argument("--name", default="Phantom")
     parser.add_argument("--clips-per-class", type=int, default=10)
-    parser.add_argument("--guidance", type=float, default=3.0)
-    parser.add_argument("--steps", type=int, default=25, help="DDIM steps")
+    # Defaults: the generator's sampling.json, the settings its card's figures are measured at.
+    parser.add_argument("--guidance", type=float)
+    parser.add_argument("--steps", type=int, help="denoising steps")
+    parser.add_argument("--solver", choices=("ddim", "dpmsolver++"))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-text", action="store_true", help="generate with empty captions")
     parser.add_argument("--threads", type=int, default=2)
@@ -91,6 +95,10 @@ def main(argv: list[str] | None = None) -> dict:
 
     _ensure_data(args.dataset_root, args.name)
     folder = generator_dir(args.model_dir, args.generator)
+    defaults = sampling_defaults(args.model_dir, args.generator)
+    args.guidance = defaults.guidance if args.guidance is None else args.guidance
+    args.steps = args.steps or defaults.steps
+    args.solver = args.solver or defaults.solver
     classes = json.loads((folder / "classes.json").read_text())
     vae = load_vae(folder / "vae").eval()
     unet = SequenceUNet.from_pretrained(folder / "ldm")
@@ -108,7 +116,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     load_before = machine_facts()
     generated, seconds = evaluation.generate(
-        unet, vae, refs, texts[""], args.guidance, args.steps, seed=args.seed
+        unet, vae, refs, texts[""], args.guidance, args.steps, seed=args.seed, solver=args.solver
     )
     pred = evaluation.classify(classifier, generated)
     fid = evaluation.fidelity(pred, labels, classes)
@@ -125,7 +133,7 @@ def main(argv: list[str] | None = None) -> dict:
         "clips_per_class": args.clips_per_class,
         "guidance": args.guidance,
         "steps": args.steps,
-        "solver": "ddim",
+        "solver": args.solver,
         "text": not args.no_text,
         "seed": args.seed,
         "psnr_frames": int(len(frames)),

@@ -1,9 +1,10 @@
 """Generation requests as the sampler receives them, with real conditions.
 
-One reference clip per class of the bundled Phantom dataset's train split; its MedSAM image
-prior and its motion (field, trajectories, mask) are computed in this process with the code the
-condition encoder and the motion extractor run (`services.models.conditions`), once, and sent
-as tensors, so a benchmark of the sampler measures sampling rather than condition fetching.
+Reference clips of each class of the bundled Phantom dataset (its train split unless a benchmark
+asks for held-out ones): their MedSAM image priors and motion (field, trajectories, mask) are
+computed in this process with the code the condition encoder and the motion extractor run
+(`services.models.conditions`), once, and sent as tensors, so a benchmark of the sampler
+measures sampling rather than condition fetching.
 """
 
 from __future__ import annotations
@@ -24,30 +25,35 @@ class Reference:
     conditions: pb.Conditions
 
 
-def class_references(work: Path, classes: list[str]) -> list[Reference]:
-    """The first train clip of each of the generator's `classes`, with its conditions,
-    computed on the compute lane (a second OpenMP team would slow the measured work)."""
-    return run_on_lane(_class_references, work, classes)
+def class_references(
+    work: Path, classes: list[str], split: str = "train", per_class: int = 1
+) -> list[Reference]:
+    """The first `per_class` clips of `split` of each of the generator's `classes` (class by
+    class), with their conditions, computed on the compute lane (a second OpenMP team would
+    slow the measured work)."""
+    return run_on_lane(_class_references, work, classes, split, per_class)
 
 
-def _class_references(work: Path, classes: list[str]) -> list[Reference]:
+def _class_references(
+    work: Path, classes: list[str], split: str, per_class: int
+) -> list[Reference]:
     from services.models.conditions import InProcessConditions
 
     data = ensure_bundled_dataset(work / "data")
-    dataset = layout.load_dataset(data, PHANTOM_NAME, "train")
-    by_class = dataset.by_class()
+    by_class = layout.load_dataset(data, PHANTOM_NAME, split).by_class()
     source = InProcessConditions("codec")
     references = []
     for name in classes:
-        frames = layout.read_clip(by_class[name][0].path)
-        field, trajectories, mask = source.motion(frames)
-        message = conditions_message(
-            image_prior=source.prior(frames),
-            motion_field=field,
-            trajectories=trajectories,
-            trajectory_mask=mask,
-        )
-        references.append(Reference(name, message))
+        for record in by_class[name][:per_class]:
+            frames = layout.read_clip(record.path)
+            field, trajectories, mask = source.motion(frames)
+            message = conditions_message(
+                image_prior=source.prior(frames),
+                motion_field=field,
+                trajectories=trajectories,
+                trajectory_mask=mask,
+            )
+            references.append(Reference(name, message))
     return references
 
 

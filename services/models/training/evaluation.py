@@ -73,6 +73,7 @@ def generate(
     steps: int,
     seed: int = 0,
     chunk: int = 8,
+    solver: str = "ddim",
 ) -> tuple[np.ndarray, float]:
     """Generates one clip per reference (frames: its motion-field steps + 1).
 
@@ -90,7 +91,7 @@ def generate(
                 seed=seed + lo + k,
                 num_inference_steps=steps,
                 guidance_scale=guidance,
-                solver="ddim",
+                solver=solver,
                 text_embedding=r.text_embedding,
                 image_prior=r.image_prior,
                 motion_field=r.motion_field,
