@@ -22,8 +22,9 @@ class EchoServicer:
         return wire.to_proto(wire.from_proto(request, "tensor"))
 
     def echo_chunks(self, request_iterator, context):
+        # Serialised chunks both ways (see `wire.iter_chunk_bytes`): one copy per chunk each way.
         tensors = wire.assemble(request_iterator, field="request")
-        yield from wire.iter_tensors_as_chunks(tensors)
+        yield from wire.iter_tensors_as_chunk_bytes(tensors)
 
 
 def _register_echo(servicer: EchoServicer, server: grpc.Server) -> None:
@@ -33,10 +34,12 @@ def _register_echo(servicer: EchoServicer, server: grpc.Server) -> None:
             request_deserializer=tensor_pb2.Tensor.FromString,
             response_serializer=tensor_pb2.Tensor.SerializeToString,
         ),
+        # Requests arrive as bytes, parsed by `wire.assemble` (bad bytes: INVALID_ARGUMENT
+        # naming request[i]); replies may be messages or serialised chunks.
         "EchoChunks": grpc.stream_stream_rpc_method_handler(
             servicer.echo_chunks,
-            request_deserializer=tensor_pb2.TensorChunk.FromString,
-            response_serializer=tensor_pb2.TensorChunk.SerializeToString,
+            request_deserializer=None,
+            response_serializer=wire.serialize_chunk,
         ),
     }
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(ECHO_SERVICE, handlers),))
@@ -47,7 +50,9 @@ def echo_service() -> TypedService:
 
 
 def echo_stubs(channel: grpc.Channel):
-    """(unary echo, stream echo) callables for the test echo service."""
+    """(unary echo, stream echo) callables for the test echo service.
+
+    The stream takes TensorChunk messages or serialised chunks and answers messages."""
     unary = channel.unary_unary(
         f"/{ECHO_SERVICE}/EchoTensor",
         request_serializer=tensor_pb2.Tensor.SerializeToString,
@@ -55,7 +60,17 @@ def echo_stubs(channel: grpc.Channel):
     )
     stream = channel.stream_stream(
         f"/{ECHO_SERVICE}/EchoChunks",
-        request_serializer=tensor_pb2.TensorChunk.SerializeToString,
+        request_serializer=wire.serialize_chunk,
         response_deserializer=tensor_pb2.TensorChunk.FromString,
     )
     return unary, stream
+
+
+def echo_chunk_bytes_stub(channel: grpc.Channel):
+    """The stream echo with serialised chunks both ways (`wire.iter_chunk_bytes` in, bytes
+    out for `wire.assemble`): the fast path, one copy per chunk on each side."""
+    return channel.stream_stream(
+        f"/{ECHO_SERVICE}/EchoChunks",
+        request_serializer=wire.serialize_chunk,
+        response_deserializer=None,
+    )

@@ -3,6 +3,11 @@
 Each path echoes the same bytes through a real gRPC server; throughput is reported relative to
 raw TCP loopback for the same bytes, measured in the same interleaved rounds.
 
+`chunk_stream` sends and receives serialised chunks (`wire.iter_chunk_bytes`, `wire.assemble`
+on the received bytes: one copy per chunk on each side); `chunk_stream_messages` is the same
+stream as TensorChunk messages (`wire.iter_chunks`, parsed replies), which protobuf copies
+about four times more per chunk.
+
     python -m benchmarks.transport --sizes-mib 16 64 --repeats 5
 """
 
@@ -16,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.common import bar_plot, interleaved, machine_facts, median, write_results
-from benchmarks.echo import echo_service, echo_stubs
+from benchmarks.echo import echo_chunk_bytes_stub, echo_service, echo_stubs
 from benchmarks.suite import BenchSettings, Row, Section, at_least
 from clients.rpc.channel import ChannelSettings, open_channel
 from genaug import wire
@@ -68,7 +73,7 @@ def _raw_tcp_echo(payload: bytes) -> None:
     server.close()
 
 
-def _variants(array: np.ndarray, unary, stream, tc) -> dict:
+def _variants(array: np.ndarray, unary, stream, chunk_bytes_stream, tc) -> dict:
     import tritonclient.grpc as triton
 
     payload = array.tobytes()
@@ -80,7 +85,10 @@ def _variants(array: np.ndarray, unary, stream, tc) -> dict:
 
     return {
         "raw_tcp": lambda: _raw_tcp_echo(payload),
-        "chunk_stream": lambda: wire.assemble(stream(wire.iter_chunks("x", array))),
+        "chunk_stream": lambda: wire.assemble(
+            chunk_bytes_stream(wire.iter_chunk_bytes("x", array))
+        ),
+        "chunk_stream_messages": lambda: wire.assemble(stream(wire.iter_chunks("x", array))),
         "unary_message": lambda: wire.from_proto(unary(wire.to_proto(array))),
         "kserve_tritonclient": kserve,
     }
@@ -99,10 +107,13 @@ def run(sizes_mib: list[int], repeats: int, out_dir: Path) -> dict:
         settings = ChannelSettings(max_message_bytes=config.max_message_bytes, retry_attempts=1)
         with open_channel(f"127.0.0.1:{server.port}", settings) as channel:
             unary, stream = echo_stubs(channel)
+            chunk_bytes_stream = echo_chunk_bytes_stub(channel)
             tc = triton.InferenceServerClient(f"127.0.0.1:{server.port}")
             for size in sizes_mib:
                 array = np.random.default_rng(0).integers(0, 255, size * MIB, dtype=np.uint8)
-                times = interleaved(_variants(array, unary, stream, tc), repeats)
+                times = interleaved(
+                    _variants(array, unary, stream, chunk_bytes_stream, tc), repeats
+                )
                 base = median(times["raw_tcp"])
                 results["sizes"][f"{size}MiB"] = {
                     name: {

@@ -9,7 +9,12 @@ import socket
 import urllib.request
 from pathlib import Path
 
-from benchmarks.echo import ECHO_SERVICE, echo_service, echo_stubs  # noqa: F401 (re-export)
+from benchmarks.echo import (  # noqa: F401 (re-export)
+    ECHO_SERVICE,
+    echo_chunk_bytes_stub,
+    echo_service,
+    echo_stubs,
+)
 from services.models.vae import VAE_CONFIGS
 
 SMALL_LATENT_CHANNELS = VAE_CONFIGS["small"]["latent_channels"]

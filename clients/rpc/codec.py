@@ -14,9 +14,22 @@ from genaug.v1 import vae_codec_pb2, vae_codec_pb2_grpc
 STREAM_THRESHOLD_BYTES = 4 << 20
 
 
+def _chunk_bytes_stream(channel: grpc.Channel, method: str):
+    # The generated stub's streams take and give TensorChunk messages, which protobuf copies
+    # about four times per chunk; these carry the same bytes serialised (`wire.iter_chunk_bytes`
+    # out, `wire.assemble` on the raw replies): one copy per chunk each way.
+    return channel.stream_stream(
+        f"/genaug.v1.VaeCodec/{method}",
+        request_serializer=wire.serialize_chunk,
+        response_deserializer=None,
+    )
+
+
 class VaeCodecClient:
     def __init__(self, channel: grpc.Channel):
         self._stub = vae_codec_pb2_grpc.VaeCodecStub(channel)
+        self._encode_stream = _chunk_bytes_stream(channel, "EncodeStream")
+        self._decode_stream = _chunk_bytes_stream(channel, "DecodeStream")
 
     @translate_errors
     def encode(
@@ -30,8 +43,8 @@ class VaeCodecClient:
         VAE of generator `model` ("" = the default) at `model_version` ("" = the latest)."""
         frames = np.asarray(frames, dtype=np.float32)
         if frames.nbytes > STREAM_THRESHOLD_BYTES:
-            replies = self._stub.EncodeStream(
-                wire.iter_chunks("frames", frames),
+            replies = self._encode_stream(
+                wire.iter_chunk_bytes("frames", frames),
                 timeout=timeout,
                 metadata=_model_metadata(model, model_version),
             )
@@ -53,8 +66,8 @@ class VaeCodecClient:
         VAE of generator `model` ("" = the default) at `model_version` ("" = the latest)."""
         latents = np.asarray(latents, dtype=np.float32)
         if latents.nbytes * 16 > STREAM_THRESHOLD_BYTES:  # the reply is 16x larger
-            replies = self._stub.DecodeStream(
-                wire.iter_chunks("latents", latents),
+            replies = self._decode_stream(
+                wire.iter_chunk_bytes("latents", latents),
                 timeout=timeout,
                 metadata=_model_metadata(model, model_version),
             )

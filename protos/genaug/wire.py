@@ -159,14 +159,27 @@ def is_set(message: tensor_pb2.Tensor) -> bool:
     return message.dtype != tensor_pb2.DATA_TYPE_UNSPECIFIED
 
 
+def _chunk_header(name: str, array: np.ndarray) -> tensor_pb2.TensorChunk:
+    header = tensor_pb2.TensorHeader(name=name, dtype=proto_dtype(array.dtype), shape=array.shape)
+    return tensor_pb2.TensorChunk(header=header)
+
+
+def _raw_view(array: np.ndarray) -> memoryview:
+    """The bytes of a contiguous little-endian array, as a flat byte view (no copy)."""
+    return memoryview(array.reshape(-1).view(np.uint8)) if array.size else memoryview(b"")
+
+
 def iter_chunks(
     name: str, array: np.ndarray, chunk_bytes: int = DEFAULT_CHUNK_BYTES
 ) -> Iterator[tensor_pb2.TensorChunk]:
-    """A header, then the raw bytes of `array` in chunks of at most `chunk_bytes`."""
+    """A header, then the raw bytes of `array` in chunks of at most `chunk_bytes`.
+
+    Yields messages; `iter_chunk_bytes` yields the same chunks already serialised, with one copy
+    per chunk instead of about four (use it where the stub's serializer is `serialize_chunk`).
+    """
     array = _little_endian(np.asarray(array))
-    header = tensor_pb2.TensorHeader(name=name, dtype=proto_dtype(array.dtype), shape=array.shape)
-    yield tensor_pb2.TensorChunk(header=header)
-    raw = memoryview(array.reshape(-1).view(np.uint8)) if array.size else memoryview(b"")
+    yield _chunk_header(name, array)
+    raw = _raw_view(array)
     for start in range(0, len(raw), chunk_bytes):
         yield tensor_pb2.TensorChunk(data=raw[start : start + chunk_bytes].tobytes())
 
@@ -178,17 +191,101 @@ def iter_tensors_as_chunks(
         yield from iter_chunks(name, array, chunk_bytes)
 
 
+# A data chunk on the wire is exactly: tag of field 2 (`data`, length-delimited), a varint
+# length, the bytes. Writing and reading that by hand lets a chunk's bytes go from the array
+# into the outgoing message, and from the incoming message into the tensor, in one copy each;
+# through protobuf (upb) a 1 MiB bytes field is copied on construction, on serialisation
+# (twice: into its arena, then into Python bytes), on parsing and again on reading `.data`.
+_DATA_TAG = 0x12
+_MAX_VARINT_BYTES = 10
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def iter_chunk_bytes(
+    name: str, array: np.ndarray, chunk_bytes: int = DEFAULT_CHUNK_BYTES
+) -> Iterator[bytes]:
+    """`iter_chunks`, serialised: each item is the wire form of the same `TensorChunk`.
+
+    A data chunk is built with one copy, straight from the array's memory. Send these through
+    a stub whose request serializer is `serialize_chunk` (or None); any TensorChunk parser
+    reads them, and `assemble` takes them as they are.
+    """
+    if chunk_bytes < 1:
+        raise ValueError(f"chunk_bytes must be positive, got {chunk_bytes}")
+    array = _little_endian(np.asarray(array))
+    yield _chunk_header(name, array).SerializeToString()
+    raw = _raw_view(array)
+    total = len(raw)
+    full = bytes((_DATA_TAG,)) + _varint(chunk_bytes)
+    for start in range(0, total, chunk_bytes):
+        size = min(chunk_bytes, total - start)
+        prefix = full if size == chunk_bytes else bytes((_DATA_TAG,)) + _varint(size)
+        yield b"".join((prefix, raw[start : start + size]))
+
+
+def iter_tensors_as_chunk_bytes(
+    tensors: dict[str, np.ndarray], chunk_bytes: int = DEFAULT_CHUNK_BYTES
+) -> Iterator[bytes]:
+    for name, array in tensors.items():
+        yield from iter_chunk_bytes(name, array, chunk_bytes)
+
+
+def serialize_chunk(chunk: tensor_pb2.TensorChunk | bytes | bytearray | memoryview) -> bytes:
+    """A gRPC serializer for chunk streams: messages are serialised, serialised chunks (from
+    `iter_chunk_bytes`) pass through unchanged."""
+    if isinstance(chunk, bytes):
+        return chunk
+    if isinstance(chunk, (bytearray, memoryview)):
+        return bytes(chunk)
+    return chunk.SerializeToString()
+
+
+def _data_payload(raw: memoryview) -> memoryview | None:
+    """The `data` bytes of a serialised chunk that holds exactly one data field and nothing
+    else (what every sender writes), as a view; None for anything else (headers, unusual but
+    valid encodings, garbage), which is left to the protobuf parser."""
+    end = len(raw)
+    if end < 2 or raw[0] != _DATA_TAG:
+        return None
+    length, shift, offset = 0, 0, 1
+    while True:
+        if offset >= end or offset > _MAX_VARINT_BYTES:
+            return None
+        byte = raw[offset]
+        offset += 1
+        length |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            break
+        shift += 7
+    if offset + length != end:
+        return None
+    return raw[offset:]
+
+
 @dataclass
 class _Pending:
     name: str
     dtype: np.dtype
     shape: tuple[int, ...]
-    buffer: bytearray
+    buffer: np.ndarray  # uint8, nbytes long, written only through `view`
+    view: memoryview  # of `buffer`: slice assignment through it is one memcpy
     filled: int = 0
 
 
 class ChunkAssembler:
     """Reassembles tensors from a TensorChunk stream, checking every declared size.
+
+    Chunks may be messages or their serialised bytes (a stub whose response deserializer is
+    None, fed by `iter_chunk_bytes` on the other end): a data chunk's bytes are then copied
+    once, from the received message into the tensor's buffer, allocated once from its header.
 
     Args:
         max_tensor_bytes: reject a header that declares more than this many bytes.
@@ -202,10 +299,19 @@ class ChunkAssembler:
         self._last_done: _Pending | None = None
         self._index = 0
 
-    def feed(self, chunk: tensor_pb2.TensorChunk) -> tuple[str, np.ndarray] | None:
-        """Take one chunk; return (name, array) when it completes a tensor."""
+    def feed(
+        self, chunk: tensor_pb2.TensorChunk | bytes | bytearray | memoryview
+    ) -> tuple[str, np.ndarray] | None:
+        """Take one chunk (a message or its serialised bytes); return (name, array) when it
+        completes a tensor."""
         where = f"{self.field}[{self._index}]"
         self._index += 1
+        if isinstance(chunk, (bytes, bytearray, memoryview)):
+            raw = memoryview(chunk).cast("B")
+            data = _data_payload(raw)
+            if data is not None:
+                return self._append(data, where)
+            chunk = _parse_chunk(raw, where)
         part = chunk.WhichOneof("part")
         if part == "header":
             if self._pending is not None:
@@ -230,11 +336,15 @@ class ChunkAssembler:
                 f"tensor {header.name!r} declares {nbytes} bytes, over the limit of "
                 f"{self.max_tensor_bytes}",
             )
-        self._pending = _Pending(header.name, dtype, shape, bytearray(nbytes))
+        # Not zero-filled: only the bytes received are ever read, once all have arrived. numpy
+        # backs a large buffer with huge pages where the kernel allows (far fewer page faults
+        # than a bytearray's 4 KiB pages, each zeroed on first touch).
+        buffer = np.empty(nbytes, np.uint8)
+        self._pending = _Pending(header.name, dtype, shape, buffer, memoryview(buffer))
         self._last_done = None
         return self._complete_if_full()
 
-    def _append(self, data: bytes, where: str):
+    def _append(self, data: bytes | memoryview, where: str):
         p = self._pending
         if p is None and self._last_done is not None:
             done = self._last_done
@@ -253,7 +363,7 @@ class ChunkAssembler:
                 f"tensor {p.name!r} receives more bytes ({end}) than dtype {p.dtype.name} "
                 f"and shape {list(p.shape)} declare ({len(p.buffer)})",
             )
-        p.buffer[p.filled : end] = data
+        p.view[p.filled : end] = data
         p.filled = end
         return self._complete_if_full()
 
@@ -262,7 +372,8 @@ class ChunkAssembler:
         if p is None or p.filled < len(p.buffer):
             return None
         self._pending, self._last_done = None, p
-        return p.name, np.frombuffer(p.buffer, dtype=p.dtype).reshape(p.shape)
+        p.view.release()
+        return p.name, p.buffer.view(p.dtype).reshape(p.shape)
 
     def close(self) -> None:
         """Call when the stream ends: an unfinished tensor is an error."""
@@ -274,12 +385,19 @@ class ChunkAssembler:
             )
 
 
+def _parse_chunk(raw: memoryview, where: str) -> tensor_pb2.TensorChunk:
+    try:
+        return tensor_pb2.TensorChunk.FromString(raw)
+    except Exception:  # noqa: BLE001 - protobuf raises DecodeError and others
+        raise TensorFormatError(where, f"{len(raw)} bytes are not a valid message") from None
+
+
 def assemble(
-    chunks: Iterable[tensor_pb2.TensorChunk],
+    chunks: Iterable[tensor_pb2.TensorChunk | bytes],
     max_tensor_bytes: int = 1 << 34,
     field: str = "chunks",
 ) -> dict[str, np.ndarray]:
-    """Collect every tensor of a chunk stream by name."""
+    """Collect every tensor of a chunk stream (messages or serialised chunks) by name."""
     assembler = ChunkAssembler(max_tensor_bytes, field)
     tensors: dict[str, np.ndarray] = {}
     for chunk in chunks:

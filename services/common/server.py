@@ -27,7 +27,6 @@ from typing import Protocol, runtime_checkable
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from tritonclient.grpc import service_pb2_grpc
 
 from genaug.compute_lane import run_on_lane
 from genaug.wire import DEFAULT_CHUNK_BYTES
@@ -185,7 +184,7 @@ class ModelServer:
             ],
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
+        kserve.add_to_server(
             kserve.InferenceServicer(f"genaug-{cfg.service}", self.models, self.is_ready), server
         )
         for typed in self.typed_services:

@@ -21,6 +21,7 @@ from tests.service.conftest import codec_config, codec_with_echo, running
 from tests.service.identity import identity_service, who
 from tests.support import (
     SMALL_LATENT_CHANNELS,
+    echo_chunk_bytes_stub,
     echo_stubs,
     make_certificates,
     metric_value,
@@ -48,6 +49,20 @@ def test_64_mib_tensor_through_the_chunked_path(channel):
     replies = list(stream(wire.iter_chunks("big", array), timeout=120))
     assert max(len(r.data) for r in replies) == MIB
     np.testing.assert_array_equal(wire.assemble(replies)["big"], array)
+
+
+def test_serialised_chunk_stream_round_trip_and_bad_bytes(channel):
+    stream = echo_chunk_bytes_stub(channel)
+    array = np.random.default_rng(3).random((3, 5 * MIB // 8 + 3))  # a short last chunk
+    replies = list(stream(wire.iter_chunk_bytes("x", array), timeout=60))
+    assert all(isinstance(r, bytes) for r in replies)
+    np.testing.assert_array_equal(wire.assemble(replies)["x"], array)
+    header, *data = wire.iter_chunk_bytes("x", np.zeros(4, np.uint8))
+    for chunks, where in (([b"\xff\xff"], "request[0]"), ([header, b"\x12\x09ab"], "request[1]")):
+        with pytest.raises(grpc.RpcError) as info:
+            list(stream(iter(chunks), timeout=10))
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert info.value.details().startswith(f"{where}: ")
 
 
 def test_unary_message_over_the_limit_is_resource_exhausted(tmp_path):
