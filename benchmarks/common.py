@@ -24,12 +24,15 @@ def machine_facts() -> dict:
 
 
 def interleaved(variants: dict[str, Callable[[], None]], repeats: int) -> dict[str, list[float]]:
-    """Time every variant once per round, rounds repeated, so machine noise hits all alike."""
-    times: dict[str, list[float]] = {name: [] for name in variants}
-    for _ in range(repeats):
-        for name, fn in variants.items():
+    """Time every variant once per round, rounds repeated, so machine noise hits all alike; the
+    order rotates from round to round, so no variant always runs first (or after the same one)."""
+    names = list(variants)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(repeats):
+        shift = r % len(names) if names else 0
+        for name in names[shift:] + names[:shift]:
             began = time.perf_counter()
-            fn()
+            variants[name]()
             times[name].append(time.perf_counter() - began)
     return times
 

@@ -59,3 +59,12 @@ def test_every_registered_section_module_defines_its_section():
     for name in SECTION_MODULES:
         section = importlib.import_module(name).SECTION
         assert isinstance(section, Section) and callable(section.run)
+
+
+def test_interleaved_rounds_rotate_the_order_of_the_variants():
+    from benchmarks.common import interleaved
+
+    ran: list[str] = []
+    times = interleaved({n: (lambda n=n: ran.append(n)) for n in "abc"}, repeats=3)
+    assert ran == list("abcbcacab")
+    assert {n: len(t) for n, t in times.items()} == {"a": 3, "b": 3, "c": 3}
