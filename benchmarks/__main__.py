@@ -32,6 +32,7 @@ SECTION_MODULES = (
     "benchmarks.official",
     "benchmarks.augment",
     "benchmarks.memory",
+    "benchmarks.triton",
 )
 
 
