@@ -59,7 +59,8 @@ def test_generators_lists_the_bundled_generator(genaug):
     assert generator.name == "phantom" and generator.is_default
     assert generator.class_names == ("DCM", "HCM", "NOR")
     assert (generator.num_frames, generator.height, generator.width) == (8, 64, 64)
-    assert generator.card["figures"]["measured_with"]["steps"] == 25
+    measured_with = generator.card["figures"]["measured_with"]
+    assert (measured_with["solver"], measured_with["steps"]) == ("dpmsolver++", 15)  # sampling.json
     assert genaug.generator() == genaug.generator("phantom") == generator
 
 
