@@ -60,6 +60,9 @@ class ComputeLane:
             wait([future], timeout=_POLL_S if left is None else min(max(left, 0), _POLL_S))
             if future.done():
                 return future.result()
+            if future.running():  # started: it runs to its end, checking `deadline` itself
+                wait([future])
+                return future.result()
             try:
                 deadline.check(stage)
             except (DeadlineExceeded, Cancelled) as error:
