@@ -6,8 +6,10 @@ export-onnx --triton-layout`, `services/models/onnx_export.py`):
 
 - **project**: the vae_codec and condition_encoder services as local processes on loopback
   (`clients.local_cluster.LocalCluster`, `--device cpu`), their KServe v2 endpoint;
-  `vae_encode` is `VaeCodec.encode` in torch, `image_prior` is `ConditionEncoder`'s
-  `preprocess_frames` + LiteMedSAM's TinyViT in torch.
+  `vae_encode` is `VaeCodec.encode`, `image_prior` is `ConditionEncoder`'s
+  `preprocess_frames` + LiteMedSAM's TinyViT, both on their default `--runtime auto`: on the
+  CPU, onnxruntime on the services' own parity-checked export (`services/models/
+  onnx_session.py`), torch where that is unavailable (each model's `runtime` parameter).
 - **Triton**: PyTriton's bundled tritonserver 2.51 (`nvidia-pytriton==0.7.0`, Python backend)
   in its own virtual environment, `runs/triton-venv` (created here when missing), serving
   `benchmarks/triton_server.py`: the exported ONNX graphs on onnxruntime CPU sessions with the
@@ -439,7 +441,8 @@ def run(
         "threads": threads,
         "atol": ATOL,
         "cases": {c.label: {"model": c.model} for c in chosen},
-        "project": "vae_codec + condition_encoder services (torch, --device cpu), KServe v2",
+        "project": "vae_codec + condition_encoder services (--device cpu, --runtime auto), "
+        "KServe v2",
         "triton": "PyTriton 0.7.0's tritonserver 2.51, Python backend, onnxruntime CPU",
     }
     try:
@@ -526,10 +529,14 @@ def _finish(results: dict, out_dir: Path, began: float) -> dict:
 def _what_each_side_does(model: str, threads: int) -> str:
     if model == "image_prior":
         return (
-            "both get raw UINT8 frames and run preprocess_frames; project: TinyViT in torch, "
+            "both get raw UINT8 frames and run preprocess_frames; project: TinyViT (--runtime "
+            "auto), "
             f"Triton: its ONNX on onnxruntime, {threads} threads"
         )
-    return f"project: VaeCodec.encode in torch, Triton: its ONNX on onnxruntime, {threads} threads"
+    return (
+        "project: VaeCodec.encode (--runtime auto), "
+        f"Triton: its ONNX on onnxruntime, {threads} threads"
+    )
 
 
 def rows(results: dict) -> list[Row]:

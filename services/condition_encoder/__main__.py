@@ -11,6 +11,7 @@ from services.common.server import ModelServer, TypedService
 from services.condition_encoder.encoder import IMAGE_ENCODERS, ConditionEncoder, EncoderLimits
 from services.condition_encoder.model import ImagePriorModel, TextEmbeddingModel
 from services.condition_encoder.servicer import ConditionEncoderServicer
+from services.models.onnx_session import add_runtime_argument
 
 
 def build_server(
@@ -21,6 +22,7 @@ def build_server(
     text_dim: int | None = None,
     image_batch: int | None = None,
     limits: EncoderLimits | None = None,
+    runtime: str = "auto",
 ) -> ModelServer:
     """The condition encoder server for `config` (used by main and by the tests)."""
     encoder = ConditionEncoder(
@@ -32,6 +34,7 @@ def build_server(
         config.device,
         image_batch,
         limits=limits,
+        runtime=runtime,
     )
     typed = TypedService(
         condition_encoder_pb2.DESCRIPTOR.services_by_name["ConditionEncoder"].full_name,
@@ -73,6 +76,7 @@ def add_arguments(parser) -> None:
     g.add_argument(
         "--image-batch", type=int, default=None, help="frames per image forward (default 8/2)"
     )
+    add_runtime_argument(g, "image prior network")
     g.add_argument(
         "--max-frames",
         type=int,
@@ -97,6 +101,7 @@ def _build(config, args) -> ModelServer:
         args.text_dim,
         args.image_batch,
         limits,
+        args.runtime,
     )
 
 

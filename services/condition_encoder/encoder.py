@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from genaug.compute_lane import LANE
 from genaug.deadline import Deadline
@@ -26,6 +27,7 @@ from services.models.medsam import (
     litemedsam_checkpoint_path,
     load_image_prior_encoder,
 )
+from services.models.onnx_session import RUNTIMES, checked_graphs, resolve_runtime
 from services.models.text import TextEncoder, load_text_encoder, minilm_model_dir
 
 logger = logging.getLogger(__name__)
@@ -70,6 +72,11 @@ class ConditionEncoder:
         image_batch: Frames per image forward (None: the encoder's default, 8 / 2).
         text_batch: Captions per text forward.
         limits: Request limits.
+        runtime: Image prior runtime: "auto" (onnxruntime for litemedsam on the CPU when
+            installed, else torch), "torch", or "onnxruntime" (CPU only). On onnxruntime the
+            loaded TinyViT is exported (cached in `onnx_cache`), checked against torch within
+            1e-4, and on any failure a warning is logged and torch kept (`image_info()`).
+        onnx_cache: Folder of the exported graph (None: `onnx_session.default_cache_dir()`).
     """
 
     def __init__(
@@ -83,6 +90,8 @@ class ConditionEncoder:
         image_batch: int | None = None,
         text_batch: int = 64,
         limits: EncoderLimits | None = None,
+        runtime: str = "auto",
+        onnx_cache: Path | None = None,
     ):
         if image_encoder not in IMAGE_ENCODERS:
             raise ValueError(f"unknown image encoder {image_encoder!r}; choose {IMAGE_ENCODERS}")
@@ -99,6 +108,13 @@ class ConditionEncoder:
         self.image_batch = image_batch
         self.text_batch = max(1, text_batch)
         self.limits = limits or EncoderLimits()
+        if runtime not in RUNTIMES:
+            raise ValueError(f"unknown runtime {runtime!r}; choose one of {RUNTIMES}")
+        if runtime == "onnxruntime" and image_encoder != "litemedsam":
+            raise ValueError("--runtime onnxruntime is for --image-encoder litemedsam only")
+        self.runtime = runtime
+        self.runtime_note = ""  # why onnxruntime is not used, when it was asked for
+        self.onnx_cache = Path(onnx_cache) if onnx_cache else None
         self.image: ImagePriorEncoder | None = None
         self.text: TextEncoder | None = None
         self.projection = "none"
@@ -109,12 +125,31 @@ class ConditionEncoder:
     def load_image(self) -> None:
         with self._load_lock:
             if self.image is None:
-                self.image = load_image_prior_encoder(
+                image = load_image_prior_encoder(
                     self.image_kind,
                     self.medsam_checkpoint,
                     device=self.device,
                     batch_size=self.image_batch,
                 )
+                if self.image_kind == "litemedsam":
+                    runtime = resolve_runtime(self.runtime, image.device)
+                    if runtime == "onnxruntime" and image.dtype == torch.float32:
+                        self._load_image_graph(image)
+                self.image = image
+
+    def _load_image_graph(self, image: ImagePriorEncoder) -> None:
+        """TinyViT on onnxruntime (export cached, parity-checked), or torch with a note."""
+        from services.models.onnx_export import image_prior_spec_for
+
+        try:
+            specs = [image_prior_spec_for(image)]
+        except Exception as error:  # noqa: BLE001 - staying on torch is always possible
+            graphs, note = {}, f"export spec: {type(error).__name__}: {error}"
+            logger.warning("image prior stays on torch: %s", note)
+        else:
+            graphs, note = checked_graphs(specs, self.onnx_cache, what="image prior")
+        image.graph = graphs.get("image_prior")
+        self.runtime_note = note
 
     def _generator_dir(self) -> Path:
         """The default generator's folder (its text projection was trained with its LDM)."""
@@ -152,6 +187,8 @@ class ConditionEncoder:
             "batch_size": str(self.image.batch_size),
             "input_size": str(self.image.preprocessing.size),
             "max_frames": str(self.limits.max_frames),
+            "runtime": self.image.runtime,
+            **({"runtime_fallback": self.runtime_note} if self.runtime_note else {}),
         }
 
     def text_info(self) -> dict[str, str]:

@@ -93,6 +93,13 @@ class ImagePriorEncoder:
         self.batch_size = batch_size
         self.network = network.to(device=self.device, dtype=self.dtype).eval()
         self.network.requires_grad_(False)
+        # An onnxruntime graph of `network` (`onnx_session.OnnxGraph`, parity-checked by its
+        # setter, e.g. `ConditionEncoder.load_image`): when set, `encode` runs it instead.
+        self.graph = None
+
+    @property
+    def runtime(self) -> str:
+        return "torch" if self.graph is None else "onnxruntime"
 
     @property
     def embedding_shape(self) -> tuple[int, int, int]:
@@ -121,6 +128,9 @@ class ImagePriorEncoder:
         outputs = []
         for i in range(0, len(frames), self.batch_size):
             batch = self.preprocess(frames[i : i + self.batch_size])
+            if self.graph is not None:
+                outputs.append(self.graph(batch))
+                continue
             x = torch.from_numpy(batch).to(device=self.device, dtype=self.dtype)
             with torch.inference_mode():
                 y = self.network(x)

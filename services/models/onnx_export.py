@@ -24,7 +24,7 @@ import torch
 
 from services.data.safety import output_within
 from services.models.generators import generator_dir
-from services.models.medsam import PRIOR_SHAPE, load_image_prior_encoder
+from services.models.medsam import PRIOR_SHAPE, ImagePriorEncoder, load_image_prior_encoder
 from services.models.onnx_graphs import (
     DEFAULT_OPSET,
     ExportResult,
@@ -49,7 +49,13 @@ def _uniform(shape: tuple[int, ...], low: float, high: float, seed: int) -> np.n
 def vae_specs(vae_dir: Path, config_name: str = "small", seed: int = 0) -> list[ExportSpec]:
     """`vae_encode` and `vae_decode` for the VAE in `vae_dir` (else the seeded `config_name`)."""
     vae, provenance = load_or_init_vae(vae_dir, config_name, seed)
-    vae = vae.float().eval().requires_grad_(False)
+    return vae_specs_for(vae.float(), provenance)
+
+
+def vae_specs_for(vae: torch.nn.Module, provenance: str) -> list[ExportSpec]:
+    """`vae_encode` and `vae_decode` for an already loaded fp32 CPU VAE (not copied: the
+    graphs wrap it, and `VaeCodec` keeps using it for the parity check and on torch)."""
+    vae = vae.eval().requires_grad_(False)
     f, c = downsample_factor(vae), int(vae.config.latent_channels)
     meta = {
         "weights": provenance,
@@ -96,6 +102,11 @@ def vae_specs(vae_dir: Path, config_name: str = "small", seed: int = 0) -> list[
 def image_prior_spec(checkpoint: Path | None = None) -> ExportSpec:
     """`image_prior`: LiteMedSAM's TinyViT on preprocessed (N,3,256,256) input, fp32."""
     encoder = load_image_prior_encoder("litemedsam", checkpoint, device="cpu", dtype=torch.float32)
+    return image_prior_spec_for(encoder)
+
+
+def image_prior_spec_for(encoder: ImagePriorEncoder) -> ExportSpec:
+    """`image_prior` for an already loaded LiteMedSAM encoder (fp32, on the CPU)."""
     size = encoder.preprocessing.size
 
     def frames(batch: int, variant: int) -> np.ndarray:

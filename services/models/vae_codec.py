@@ -12,6 +12,7 @@ import torch
 from genaug.compute_lane import LANE
 from genaug.deadline import Deadline
 from genaug.errors import InvalidArgument
+from services.models.onnx_session import checked_graphs, resolve_runtime
 from services.models.runtime import resolve_device, resolve_dtype
 from services.models.vae import downsample_factor, load_for_inference
 
@@ -27,9 +28,15 @@ class VaeCodec:
             configuration starts from seed `seed` and reports "seeded-initialisation".
         device: "auto", "cpu", "cuda", ...
         batch_frames: frames per forward; the deadline is checked between forwards.
+        runtime: "auto" (onnxruntime on the CPU when installed, else torch), "torch", or
+            "onnxruntime" (CPU only). On onnxruntime, `load()` exports the loaded VAE's
+            encode/decode graphs (cached in `onnx_cache`, default
+            `onnx_session.default_cache_dir()`), checks them against torch within 1e-4, and on
+            any failure logs a warning and stays on torch (`info()["runtime"]` says which).
+        onnx_cache: Folder of the exported graphs (None: the default).
 
     Forwards run on the process's compute lane (`genaug.compute_lane`): one at a time, on the
-    thread that runs all of the process's tensor work.
+    thread that runs all of the process's tensor work (onnxruntime calls included).
     """
 
     def __init__(
@@ -39,6 +46,8 @@ class VaeCodec:
         seed: int = 0,
         device: str = "auto",
         batch_frames: int = 8,
+        runtime: str = "auto",
+        onnx_cache: Path | None = None,
     ):
         self.weights_dir = Path(weights_dir)
         self.config_name = config_name
@@ -46,17 +55,42 @@ class VaeCodec:
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(self.device)
         self.batch_frames = batch_frames
+        self.requested_runtime = runtime
+        self.runtime = resolve_runtime(runtime, self.device)  # "torch" after a failed load
+        self.runtime_note = ""  # why onnxruntime is not used, when it was asked for
+        self.onnx_cache = onnx_cache
         self.vae = None
         self.provenance = ""
+        self._graphs: dict = {}
         self._load_lock = threading.Lock()
 
     def load(self) -> None:
         with self._load_lock:
             if self.vae is not None:
                 return
-            self.vae, self.provenance = load_for_inference(
+            vae, self.provenance = load_for_inference(
                 self.weights_dir, self.device, self.dtype, self.config_name, self.seed
             )
+            if self.runtime == "onnxruntime":
+                self._load_graphs(vae)
+            self.vae = vae
+
+    def _load_graphs(self, vae) -> None:
+        """The encode/decode graphs of the loaded VAE on onnxruntime, or torch with a note."""
+        from services.models.onnx_export import vae_specs_for
+
+        try:
+            specs = vae_specs_for(vae, self.provenance)
+        except Exception as error:  # noqa: BLE001 - staying on torch is always possible
+            graphs, note = {}, f"export spec: {type(error).__name__}: {error}"
+            logger.warning("VAE %s stays on torch: %s", self.weights_dir, note)
+        else:
+            graphs, note = checked_graphs(specs, self.onnx_cache, what=f"VAE {self.weights_dir}")
+        self._graphs = (
+            {"encode": graphs["vae_encode"], "decode": graphs["vae_decode"]} if graphs else {}
+        )
+        self.runtime = "onnxruntime" if self._graphs else "torch"
+        self.runtime_note = note
 
     @property
     def factor(self) -> int:
@@ -78,6 +112,8 @@ class VaeCodec:
             "dtype": str(self.dtype).removeprefix("torch."),
             "downsample_factor": str(self.factor),
             "latent_channels": str(self.latent_channels),
+            "runtime": self.runtime,
+            **({"runtime_fallback": self.runtime_note} if self.runtime_note else {}),
         }
 
     # -- validation -----------------------------------------------------------------------
@@ -128,26 +164,38 @@ class VaeCodec:
         self.check_latents(latents)
         return self._batched(latents, self._decode_batch, deadline or Deadline.none(), "decode")
 
-    def _mode_batch(self, x: torch.Tensor) -> torch.Tensor:
+    # On onnxruntime each takes and returns float32 numpy (`_batched_here`), else tensors.
+    def _mode_batch(self, x):
         # The distribution mean, not a sample: the codec is deterministic.
+        if self._graphs:  # the encode graph outputs mean * scaling_factor (`VaeEncodeGraph`)
+            return self._graphs["encode"](x) / np.float32(self.scaling_factor)
         return self.vae.encode(x).latent_dist.mode()
 
-    def _encode_batch(self, x: torch.Tensor) -> torch.Tensor:
-        return self._mode_batch(x) * self.scaling_factor
+    def _encode_batch(self, x):
+        if self._graphs:
+            return self._graphs["encode"](x)
+        return self.vae.encode(x).latent_dist.mode() * self.scaling_factor
 
-    def _decode_batch(self, z: torch.Tensor) -> torch.Tensor:
+    def _decode_batch(self, z):
+        if self._graphs:
+            return self._graphs["decode"](z)
         return self.vae.decode(z / self.scaling_factor).sample.clamp(-1, 1)
 
     def _batched(self, array: np.ndarray, fn, deadline: Deadline, stage: str) -> np.ndarray:
         return LANE.run_within(deadline, stage, self._batched_here, array, fn, deadline, stage)
 
     def _batched_here(self, array: np.ndarray, fn, deadline: Deadline, stage: str) -> np.ndarray:
+        """`fn` per chunk of `batch_frames`: on tensors, or on float32 numpy on onnxruntime."""
+        on_torch = not self._graphs
         outputs = []
         with torch.inference_mode():
             for start in range(0, array.shape[0], self.batch_frames):
                 if start:  # `run_within` has just checked it before the first batch
                     deadline.check(stage)
-                chunk = torch.from_numpy(np.array(array[start : start + self.batch_frames]))
-                out = fn(chunk.to(self.device, self.dtype))
-                outputs.append(out.float().cpu().numpy())
+                chunk = array[start : start + self.batch_frames]
+                if on_torch:
+                    out = fn(torch.from_numpy(np.array(chunk)).to(self.device, self.dtype))
+                    outputs.append(out.float().cpu().numpy())
+                else:
+                    outputs.append(fn(chunk))
         return np.concatenate(outputs, axis=0)

@@ -8,6 +8,7 @@ from genaug.v1 import vae_codec_pb2, vae_codec_pb2_grpc
 from services.common.entrypoint import service_main
 from services.common.server import ModelServer, TypedService
 from services.models.generators import RepositoryView
+from services.models.onnx_session import add_runtime_argument
 from services.models.per_generator import (
     DEFAULT_MAX_LOADED,
     PerGenerator,
@@ -26,6 +27,7 @@ def build_server(
     batch_frames: int = 8,
     default_model: str = "",
     max_loaded: int = DEFAULT_MAX_LOADED,
+    runtime: str = "auto",
 ) -> ModelServer:
     """The codec server for `config` (used by main and by the tests): the VAE of each
     generator of the model repository, loaded on first use; the open-inference models
@@ -33,13 +35,13 @@ def build_server(
     view = RepositoryView(config.model_dir, default_model)
 
     def load(entry):
-        codec = VaeCodec(entry.path / "vae", vae_config, seed, config.device, batch_frames)
+        codec = VaeCodec(entry.path / "vae", vae_config, seed, config.device, batch_frames, runtime)
         codec.load()
         return codec
 
     entry = view.resolve()
     # Loaded with the open-inference models, before SERVING.
-    default = VaeCodec(entry.path / "vae", vae_config, seed, config.device, batch_frames)
+    default = VaeCodec(entry.path / "vae", vae_config, seed, config.device, batch_frames, runtime)
     codecs = PerGenerator(view, load, max_loaded, preloaded={entry.key: default})
     typed = TypedService(
         vae_codec_pb2.DESCRIPTOR.services_by_name["VaeCodec"].full_name,
@@ -58,6 +60,7 @@ def add_arguments(parser) -> None:
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of that initialisation")
     parser.add_argument("--batch-frames", type=int, default=8, help="frames per forward pass")
+    add_runtime_argument(parser)
     add_generator_arguments(parser)
 
 
@@ -72,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
             args.batch_frames,
             args.default_model,
             args.max_loaded_models,
+            args.runtime,
         ),
         add_arguments,
         argv,

@@ -95,6 +95,7 @@ def test_metadata_reports_the_weights(tc):
     image = tc.get_model_config("image_prior", as_json=True)["config"]["parameters"]
     assert image["image_encoder"]["string_value"] == "litemedsam"
     assert image["checkpoint"]["string_value"].endswith("lite_medsam.pth")
+    assert image["runtime"]["string_value"] == "onnxruntime"  # "auto" on the CPU
     meta = tc.get_model_metadata("image_prior", as_json=True)
     assert meta["inputs"][0]["datatype"] == "UINT8"
     assert meta["outputs"][0]["shape"] == ["-1", "256", "64", "64"]

@@ -53,6 +53,8 @@ def test_model_metadata_and_config_report_the_weights(codec_server):
     }
     config = tc.get_model_config("vae_decode", as_json=True)["config"]
     assert config["parameters"]["weights"]["string_value"] == "seeded-initialisation"
+    # On the CPU, "auto" serves the parity-checked ONNX export on onnxruntime.
+    assert config["parameters"]["runtime"]["string_value"] == "onnxruntime"
     assert tc.get_server_metadata().name == "genaug-vae_codec"
 
 
