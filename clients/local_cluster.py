@@ -43,6 +43,13 @@ def _free_port(host: str) -> int:
         return s.getsockname()[1]
 
 
+def replica_threads(replicas: int, cores: int | None = None) -> int | None:
+    """Threads per sampler replica when several share this machine (None: leave the default)."""
+    if replicas < 2 or os.environ.get("OMP_NUM_THREADS"):
+        return None
+    return max(1, (cores or os.cpu_count() or 1) // replicas)
+
+
 @dataclass
 class ServiceProcess:
     name: str  # unique in the cluster: the service, or "sampler-2" for a further replica
@@ -52,6 +59,7 @@ class ServiceProcess:
     process: subprocess.Popen | None = None
     extra_args: list[str] = field(default_factory=list)
     module: str = ""  # the service it runs (`services.<module>`; default: its name)
+    env: dict[str, str] = field(default_factory=dict)  # set in its environment
 
     def __post_init__(self) -> None:
         self.module = self.module or self.name
@@ -77,7 +85,10 @@ class LocalCluster:
         fixed_ports: use the default ports (else free ports are picked).
         extra_args: per-service extra command-line flags.
         sampler_replicas: sampler processes to start ("sampler", then "sampler-2", ...: each
-            on ports of its own, with the sampler's extra flags and wiring).
+            on ports of its own, with the sampler's extra flags and wiring). Replicas on one
+            machine split its cores: each gets OMP_NUM_THREADS = cores // replicas (unless
+            OMP_NUM_THREADS is set already), since OpenMP teams that together want more threads
+            than there are cores spin against each other and every step slows several-fold.
     """
 
     def __init__(
@@ -104,6 +115,7 @@ class LocalCluster:
         extra_args = extra_args or {}
         self.services: dict[str, ServiceProcess] = {}
         replicas = [f"sampler-{k}" for k in range(2, sampler_replicas + 1)]
+        split = replica_threads(sampler_replicas)
         for name in [*names, *replicas]:
             module = name.partition("-")[0]
             port, metrics_port = DEFAULT_PORTS[module]
@@ -116,6 +128,7 @@ class LocalCluster:
                 log_dir / f"{name}.log",
                 extra_args=extra_args.get(module, []),
                 module=module,
+                env={"OMP_NUM_THREADS": str(split)} if split and module == "sampler" else {},
             )
 
     def targets(self) -> dict[str, str]:
@@ -164,7 +177,7 @@ class LocalCluster:
             command,
             stdout=log,
             stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **service.env},
             start_new_session=True,
         )
         log.close()
