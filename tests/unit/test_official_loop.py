@@ -30,19 +30,21 @@ def test_it_is_the_ddim_loop_only():
         official_loop(sampler(), RoutedRequest(None, request(solver="dpmsolver++")))
 
 
-def test_the_default_is_the_fewest_steps_as_faithful_as_the_current_one():
+def test_the_default_is_the_fewest_steps_clearly_closer_to_the_official_loop_than_ddim_25():
     def candidate(solver, steps, fidelity, psnr):
         return {"solver": solver, "steps": steps, "class_fidelity": fidelity,
                 "psnr_vs_official_db": psnr}  # fmt: skip
 
     measured = [
-        candidate("ddim", 25, 1.0, 30.0),  # the current default
-        candidate("dpmsolver++", 15, 0.97, 31.0),
-        candidate("dpmsolver++", 10, 1.0, 27.0),  # right class, further from the official
-        candidate("dpmsolver++", 8, 0.90, 35.0),  # close, but loses class fidelity
+        candidate("ddim", 25, 1.0, 42.0),  # the baseline
+        candidate("dpmsolver++", 20, 1.0, 46.0),
+        candidate("dpmsolver++", 15, 0.97, 45.0),
+        candidate("dpmsolver++", 10, 1.0, 42.5),  # closer, but within the margin
+        candidate("dpmsolver++", 8, 0.90, 47.0),  # close, but loses class fidelity
     ]
-    assert choose_default(measured, 1.0, 30.0)["steps"] == 15
-    assert choose_default(measured, 1.0, 40.0) is None
+    assert choose_default(measured, 1.0)["steps"] == 15
+    assert choose_default(measured, 1.0 + 0.04)["steps"] == 20  # 0.97 is now too far below
+    assert choose_default(measured[1:], 1.0) is None  # no baseline measured: no choice
 
 
 def test_psnr_against_the_official_clips():
