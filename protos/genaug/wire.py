@@ -197,16 +197,30 @@ def iter_tensors_as_chunks(
 # through protobuf (upb) a 1 MiB bytes field is copied on construction, on serialisation
 # (twice: into its arena, then into Python bytes), on parsing and again on reading `.data`.
 _DATA_TAG = 0x12
-_MAX_VARINT_BYTES = 10
 
 
-def _varint(value: int) -> bytes:
+def encode_varint(value: int) -> bytes:
+    """A non-negative int as a protobuf base-128 varint."""
     out = bytearray()
     while value > 0x7F:
         out.append((value & 0x7F) | 0x80)
         value >>= 7
     out.append(value)
     return bytes(out)
+
+
+def read_varint(raw: memoryview, offset: int) -> tuple[int, int]:
+    """(the varint at `offset`, the offset after it); ValueError if truncated or over 10 bytes."""
+    value, shift = 0, 0
+    while True:
+        if offset >= len(raw) or shift > 63:
+            raise ValueError("truncated or overlong varint")
+        byte = raw[offset]
+        offset += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, offset
+        shift += 7
 
 
 def iter_chunk_bytes(
@@ -224,10 +238,10 @@ def iter_chunk_bytes(
     yield _chunk_header(name, array).SerializeToString()
     raw = _raw_view(array)
     total = len(raw)
-    full = bytes((_DATA_TAG,)) + _varint(chunk_bytes)
+    full = bytes((_DATA_TAG,)) + encode_varint(chunk_bytes)
     for start in range(0, total, chunk_bytes):
         size = min(chunk_bytes, total - start)
-        prefix = full if size == chunk_bytes else bytes((_DATA_TAG,)) + _varint(size)
+        prefix = full if size == chunk_bytes else bytes((_DATA_TAG,)) + encode_varint(size)
         yield b"".join((prefix, raw[start : start + size]))
 
 
@@ -255,16 +269,10 @@ def _data_payload(raw: memoryview) -> memoryview | None:
     end = len(raw)
     if end < 2 or raw[0] != _DATA_TAG:
         return None
-    length, shift, offset = 0, 0, 1
-    while True:
-        if offset >= end or offset > _MAX_VARINT_BYTES:
-            return None
-        byte = raw[offset]
-        offset += 1
-        length |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            break
-        shift += 7
+    try:
+        length, offset = read_varint(raw, 1)
+    except ValueError:
+        return None
     if offset + length != end:
         return None
     return raw[offset:]

@@ -19,8 +19,10 @@ from genaug.wire import (
     check_shape,
     decode_bytes_elements,
     encode_bytes_elements,
+    encode_varint,
     expected_nbytes,
     kserve_datatype,
+    read_varint,
 )
 from services.common.model import BYTES, Model, numpy_for_kserve
 
@@ -119,28 +121,6 @@ _RAW_OUTPUT_FIELD = service_pb2.ModelInferResponse.DESCRIPTOR.fields_by_name[
 _MAX_SPLIT_RECORDS = 4096
 
 
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while value > 0x7F:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
-def _read_varint(raw: memoryview, offset: int) -> tuple[int, int]:
-    value, shift = 0, 0
-    while True:
-        if offset >= len(raw) or shift > 63:
-            raise ValueError("truncated or overlong varint")
-        byte = raw[offset]
-        offset += 1
-        value |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return value, offset
-        shift += 7
-
-
 def _split_raw_field(raw: memoryview, field: int) -> tuple[bytes, list[memoryview]]:
     """(the message without field `field`, that repeated bytes field's values as views).
 
@@ -157,18 +137,18 @@ def _split_raw_field(raw: memoryview, field: int) -> tuple[bytes, list[memoryvie
         if records > _MAX_SPLIT_RECORDS:
             raise ValueError("too many records to split in Python")
         start = offset
-        tag, offset = _read_varint(raw, offset)
+        tag, offset = read_varint(raw, offset)
         number, wire_type = tag >> 3, tag & 7
         if number == 0:
             raise ValueError("field number 0")
         if wire_type == 0:
-            _, offset = _read_varint(raw, offset)
+            _, offset = read_varint(raw, offset)
         elif wire_type == 1:
             offset += 8
         elif wire_type == 5:
             offset += 4
         elif wire_type == 2:
-            length, offset = _read_varint(raw, offset)
+            length, offset = read_varint(raw, offset)
             if number == field:
                 if offset + length > end:
                     raise ValueError("record runs past the end")
@@ -219,10 +199,10 @@ class InferReply:
 
     def serialize(self) -> bytes:
         """The wire form of the complete response, each raw output copied once."""
-        tag = _varint((_RAW_OUTPUT_FIELD << 3) | 2)
+        tag = encode_varint((_RAW_OUTPUT_FIELD << 3) | 2)
         parts = [self.message.SerializeToString()]
         for raw in self.raw_output_contents:
-            parts += (tag, _varint(len(raw)), raw)
+            parts += (tag, encode_varint(len(raw)), raw)
         return b"".join(parts)
 
     def to_message(self) -> service_pb2.ModelInferResponse:
