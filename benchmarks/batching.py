@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import machine_facts, median, write_results
+from benchmarks.common import machine_facts, median, run_clients, write_results
 from benchmarks.demo_job import BATCH, MODEL_DIR
 from benchmarks.reference_requests import class_references, generate_request
 from benchmarks.suite import BenchSettings, Row, Section, at_least, at_most
@@ -115,34 +115,17 @@ class Workload:
         """`concurrency` clients, `per_client` requests each: clips/s and latencies."""
         engine = self.engine(**options)
         latencies: list[float] = []
-        errors: list[BaseException] = []
 
         def client(i: int) -> None:
-            try:
-                for k in range(per_client):
-                    steps = self.step_mix[(i + k) % len(self.step_mix)]
-                    latencies.append(outcome(self.submit(engine, steps)).seconds)
-            except BaseException as error:  # reported after the join, not lost in a thread
-                errors.append(error)
+            for k in range(per_client):
+                steps = self.step_mix[(i + k) % len(self.step_mix)]
+                latencies.append(outcome(self.submit(engine, steps)).seconds)
 
-        began = time.perf_counter()
-        threads = [threading.Thread(target=client, args=(i,)) for i in range(concurrency)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        wall = time.perf_counter() - began
-        engine.close()
-        if errors:
-            raise errors[0]
-        return {
-            "clips_per_s": len(latencies) / wall,
-            "p50_s": float(np.percentile(latencies, 50)),
-            "p95_s": float(np.percentile(latencies, 95)),
-            "wall_s": wall,
-            "clips": len(latencies),
-            "latencies_s": latencies,
-        }
+        try:
+            wall = run_clients(concurrency, client)
+        finally:
+            engine.close()
+        return {**throughput(latencies, wall), "latencies_s": latencies}
 
     def interactive_latency(
         self, background: int, repeats: int, steps: int, alone: bool = True
@@ -174,18 +157,21 @@ class Workload:
         return latencies
 
 
-def pooled(runs: list[dict]) -> dict:
-    """Closed-loop runs of one variant as one: clips over wall time, latency percentiles of all."""
-    latencies = [x for r in runs for x in r["latencies_s"]]
-    wall = sum(r["wall_s"] for r in runs)
+def throughput(latencies: list[float], wall: float) -> dict:
+    """Clips per second over `wall` and the latencies' p50/p95."""
     return {
         "clips_per_s": len(latencies) / wall,
         "p50_s": float(np.percentile(latencies, 50)),
         "p95_s": float(np.percentile(latencies, 95)),
         "wall_s": wall,
         "clips": len(latencies),
-        "rounds": len(runs),
     }
+
+
+def pooled(runs: list[dict]) -> dict:
+    """Closed-loop runs of one variant as one: clips over wall time, latency percentiles of all."""
+    latencies = [x for r in runs for x in r["latencies_s"]]
+    return {**throughput(latencies, sum(r["wall_s"] for r in runs)), "rounds": len(runs)}
 
 
 def run(

@@ -6,6 +6,7 @@ import json
 import os
 import platform
 import statistics
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -35,6 +36,29 @@ def interleaved(variants: dict[str, Callable[[], None]], repeats: int) -> dict[s
             variants[name]()
             times[name].append(time.perf_counter() - began)
     return times
+
+
+def run_clients(count: int, client: Callable[[int], None]) -> float:
+    """`client(i)` on `count` threads at once; the wall seconds until all ended. A client's
+    error is raised here once every thread has joined, not lost inside its thread."""
+    errors: list[BaseException] = []
+
+    def guarded(i: int) -> None:
+        try:
+            client(i)
+        except BaseException as error:
+            errors.append(error)
+
+    began = time.perf_counter()
+    threads = [threading.Thread(target=guarded, args=(i,)) for i in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - began
+    if errors:
+        raise errors[0]
+    return wall
 
 
 def median(values: list[float]) -> float:

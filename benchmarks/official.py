@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import bar_plot, machine_facts, write_results
+from benchmarks.common import bar_plot, machine_facts, run_clients, write_results
 from benchmarks.demo_job import BATCH, MODEL_DIR
 from benchmarks.reference_requests import class_references, generate_request
 from benchmarks.suite import BenchSettings, Row, Section, at_least, at_most
@@ -193,33 +193,24 @@ def through_engine(generator: Generator, routed: list) -> tuple[list, float]:
     )  # fmt: skip
     clips: list = [None] * len(routed)
     pending = list(range(len(routed)))
-    lock, errors = threading.Lock(), []
+    lock = threading.Lock()
 
-    def client() -> None:
-        try:
-            while True:
-                with lock:
-                    if not pending:
-                        return
-                    n = pending.pop(0)
-                job = engine.submit(
-                    f"official-{n}-{time.monotonic_ns()}", f"official-{n}",
-                    lambda n=n: routed[n], Priority.BATCH, None,
-                )  # fmt: skip
-                clips[n] = generator.decode(outcome(job).latents)
-        except BaseException as error:  # reported after the join, not lost in a thread
-            errors.append(error)
+    def client(_: int) -> None:
+        while True:
+            with lock:
+                if not pending:
+                    return
+                n = pending.pop(0)
+            job = engine.submit(
+                f"official-{n}-{time.monotonic_ns()}", f"official-{n}",
+                lambda n=n: routed[n], Priority.BATCH, None,
+            )  # fmt: skip
+            clips[n] = generator.decode(outcome(job).latents)
 
-    began = time.perf_counter()
-    threads = [threading.Thread(target=client) for _ in range(CONCURRENCY)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    wall = time.perf_counter() - began
-    engine.close()
-    if errors:
-        raise errors[0]
+    try:
+        wall = run_clients(CONCURRENCY, client)
+    finally:
+        engine.close()
     return clips, wall
 
 

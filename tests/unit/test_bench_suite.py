@@ -68,3 +68,22 @@ def test_interleaved_rounds_rotate_the_order_of_the_variants():
     times = interleaved({n: (lambda n=n: ran.append(n)) for n in "abc"}, repeats=3)
     assert ran == list("abcbcacab")
     assert {n: len(t) for n, t in times.items()} == {"a": 3, "b": 3, "c": 3}
+
+
+def test_run_clients_runs_them_at_once_and_raises_a_clients_error_after_all_ended():
+    import threading
+
+    from benchmarks.common import run_clients
+
+    barrier, ended = threading.Barrier(3, timeout=5), []
+
+    def client(i: int) -> None:
+        barrier.wait()  # only passes if all three run at the same time
+        ended.append(i)
+        if i == 1:
+            raise ValueError("client 1 failed")
+
+    with pytest.raises(ValueError, match="client 1 failed"):
+        run_clients(3, client)
+    assert sorted(ended) == [0, 1, 2]
+    assert run_clients(2, lambda i: None) >= 0
