@@ -81,6 +81,9 @@ class VaeCodecClient:
     def info(
         self, timeout: float | None = None, model: str = "", model_version: str = ""
     ) -> vae_codec_pb2.CodecInfo:
+        """The VAE of generator `model` ("" = the default) at `model_version` ("" = the
+        latest): latent channels, downsample and scaling factors, weights, and `runtime`
+        ("torch" or "onnxruntime"; `runtime_note` says why onnxruntime is not used, if so)."""
         request = vae_codec_pb2.GetCodecInfoRequest(model=model, model_version=model_version)
         return self._stub.GetCodecInfo(request, timeout=timeout)
 

@@ -70,4 +70,6 @@ class VaeCodecServicer(vae_codec_pb2_grpc.VaeCodecServicer):
             config_name=codec.config_name,
             model=entry.name,
             model_version=entry.version,
+            runtime=codec.runtime,
+            runtime_note=codec.runtime_note,
         )

@@ -106,6 +106,8 @@ def test_codec_info(channel):
     info = VaeCodecClient(channel).info(timeout=10)
     assert (info.latent_channels, info.downsample_factor) == (SMALL_LATENT_CHANNELS, 8)
     assert info.weights == "seeded-initialisation"
+    # As the KServe parameters: on the CPU "auto" serves the parity-checked ONNX export.
+    assert (info.runtime, info.runtime_note) == ("onnxruntime", "")
 
 
 def _raw_infer(codec_server, request):
