@@ -16,6 +16,8 @@ Used by `VaeCodec` and `ConditionEncoder` (`runtime="auto"`: onnxruntime on the 
 `checked_graphs`: export (cached on disk under a hash of the weights and the onnx / torch /
 onnxruntime versions, written atomically), load, and parity-check on the spec's own inputs; any
 failure returns the reason so the caller stays on torch.
+
+The cache (`services.models.onnx_cache`) is pruned after each export.
 """
 
 from __future__ import annotations
@@ -34,13 +36,21 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from services.models.onnx_cache import (
+    CACHE_ENV,
+    CACHE_MAX_AGE_ENV,
+    CACHE_MAX_MIB_ENV,
+    default_cache_dir,
+    mark_in_use,
+    prune_quietly,
+    touch,
+)
 from services.models.onnx_graphs import DEFAULT_OPSET, ExportSpec, export_onnx
 
 logger = logging.getLogger(__name__)
 
 PARITY_ATOL = 1e-4
 RUNTIMES = ("auto", "torch", "onnxruntime")
-CACHE_ENV = "GENAUG_ONNX_CACHE"
 # The exported graphs' tensors (`onnx_export`): model -> (input, output).
 GRAPH_TENSORS = {
     "vae_encode": ("frames", "latents"),
@@ -97,18 +107,10 @@ def add_runtime_argument(parser, what: str = "VAE") -> None:
         choices=RUNTIMES,
         default="auto",
         help=f"{what} runtime: auto (default) = onnxruntime on the CPU when installed, the "
-        f"graph exported once (cached in ${CACHE_ENV}, default under the temp dir) and "
+        f"graph exported once (cached in ${CACHE_ENV}, default under the temp dir; pruned "
+        f"by ${CACHE_MAX_AGE_ENV}, default 30, and ${CACHE_MAX_MIB_ENV}, default 2048) and "
         "checked against torch within 1e-4, else torch; torch; or onnxruntime (CPU only)",
     )
-
-
-def default_cache_dir() -> Path:
-    """`$GENAUG_ONNX_CACHE`, else a per-user folder under the system temp dir."""
-    explicit = os.environ.get(CACHE_ENV)
-    if explicit:
-        return Path(explicit)
-    user = os.getuid() if hasattr(os, "getuid") else "user"
-    return Path(tempfile.gettempdir()) / f"genaug-onnx-{user}"
 
 
 def cpu_session(path: Path, threads: int | None = None):
@@ -214,6 +216,47 @@ def _fingerprint(module: torch.nn.Module, opset: int) -> str:
     return digest.hexdigest()[:16]
 
 
+def _export_to(spec: ExportSpec, path: Path, opset: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    began = time.perf_counter()
+    # A name of this process's own, renamed into place: concurrent exporters never write
+    # the same file, and readers never see a half-written one.
+    fd, partial_name = tempfile.mkstemp(
+        prefix=f".{path.stem}.", suffix=".partial.onnx", dir=path.parent
+    )
+    os.close(fd)
+    partial = Path(partial_name)
+    try:
+        export_onnx(spec, partial, opset)
+        partial.replace(path)
+    finally:
+        partial.unlink(missing_ok=True)
+    logger.info("exported %s to %s in %.1f s", spec.name, path, time.perf_counter() - began)
+
+
+def _load_or_export(
+    name: str, spec: ExportSpec, cache_dir: Path, threads: int | None, opset: int
+) -> tuple[OnnxGraph, bool]:
+    """The cached graph of `spec` (touched: used now), exported first when absent; and
+    whether it was exported."""
+    if spec.name != name:
+        raise ValueError(f"spec is {spec.name!r}, asked for {name!r}")
+    module = spec.module.eval().requires_grad_(False)
+    path = Path(cache_dir) / f"{name}-{_fingerprint(module, opset)}.onnx"
+    mark_in_use(path)
+    exported = not touch(path)
+    if exported:
+        _export_to(spec, path, opset)
+    try:
+        return OnnxGraph(name, path, threads, module), exported
+    except Exception:
+        if exported or path.is_file():
+            raise
+        # Pruned by another process between our touch and the load: export it again.
+        _export_to(spec, path, opset)
+        return OnnxGraph(name, path, threads, module), True
+
+
 def export_graph(
     name: str,
     spec: ExportSpec,
@@ -221,33 +264,16 @@ def export_graph(
     threads: int | None = None,
     opset: int = DEFAULT_OPSET,
 ) -> OnnxGraph:
-    """`spec` exported (once per weights: `<cache_dir>/<name>-<hash>.onnx`) and loaded.
+    """`spec` exported (once per weights: `<cache_dir>/<name>-<hash>.onnx`) and loaded; after
+    an export the cache is pruned (`onnx_cache.prune_cache`, failures only logged).
 
     `spec` comes from `onnx_export.vae_specs` / `onnx_export.image_prior_spec`; its module is
     kept on the graph for `check_parity`.
     """
-    if spec.name != name:
-        raise ValueError(f"spec is {spec.name!r}, asked for {name!r}")
-    module = spec.module.eval().requires_grad_(False)
-    cache_dir = Path(cache_dir)
-    path = cache_dir / f"{name}-{_fingerprint(module, opset)}.onnx"
-    if not path.is_file():
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        began = time.perf_counter()
-        # A name of this process's own, renamed into place: concurrent exporters never write
-        # the same file, and readers never see a half-written one.
-        fd, partial_name = tempfile.mkstemp(
-            prefix=f".{path.stem}.", suffix=".partial.onnx", dir=cache_dir
-        )
-        os.close(fd)
-        partial = Path(partial_name)
-        try:
-            export_onnx(spec, partial, opset)
-            partial.replace(path)
-        finally:
-            partial.unlink(missing_ok=True)
-        logger.info("exported %s to %s in %.1f s", name, path, time.perf_counter() - began)
-    return OnnxGraph(name, path, threads, module)
+    graph, exported = _load_or_export(name, spec, Path(cache_dir), threads, opset)
+    if exported:
+        prune_quietly(Path(cache_dir), keep=[graph.path])
+    return graph
 
 
 def _parity_record(graph: OnnxGraph) -> Path:
@@ -297,18 +323,21 @@ def checked_graphs(
     installed, export error, parity above the tolerance), after logging a warning that names
     the reason: the caller then stays on torch. A passed check is recorded next to the graph
     (`_record_parity`), so a restart on the same weights, versions and thread count reuses
-    both the export and the check.
+    both the export and the check. After an export the cache is pruned (`onnx_cache.prune_cache`),
+    keeping these graphs.
     """
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     graphs: dict[str, OnnxGraph] = {}
     name = "?"
+    exported = False
     try:
         if not onnxruntime_available():
             raise ImportError("onnxruntime is not installed")
         for spec in specs:
             name = spec.name
             began = time.perf_counter()
-            graph = export_graph(spec.name, spec, cache_dir, threads)
+            graph, fresh = _load_or_export(spec.name, spec, cache_dir, threads, DEFAULT_OPSET)
+            exported |= fresh
             parity = _recorded_parity(graph)
             if parity is None:
                 parity = graph.check_parity(parity_inputs(spec))
@@ -329,6 +358,9 @@ def checked_graphs(
         reason = f"{name}: {type(error).__name__}: {error}"
         logger.warning("%s stays on torch, onnxruntime not used: %s", what, reason)
         return {}, reason
+    finally:
+        if exported:  # after the whole set is loaded: none of it is pruned in between
+            prune_quietly(cache_dir, keep=[g.path for g in graphs.values()])
     return graphs, ""
 
 
