@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from genaug.v1 import vae_codec_pb2, vae_codec_pb2_grpc
+from genaug.v1 import vae_codec_pb2
 from services.common.entrypoint import service_main
 from services.common.server import ModelServer, TypedService
 from services.models.generators import RepositoryView
@@ -17,7 +17,7 @@ from services.models.per_generator import (
 from services.models.vae import VAE_CONFIGS
 from services.models.vae_codec import VaeCodec
 from services.vae_codec.model import VaeDecodeModel, VaeEncodeModel
-from services.vae_codec.servicer import VaeCodecServicer
+from services.vae_codec.servicer import VaeCodecServicer, add_to_server
 
 
 def build_server(
@@ -46,7 +46,7 @@ def build_server(
     typed = TypedService(
         vae_codec_pb2.DESCRIPTOR.services_by_name["VaeCodec"].full_name,
         VaeCodecServicer(codecs),
-        vae_codec_pb2_grpc.add_VaeCodecServicer_to_server,
+        add_to_server,  # the generated one, with the chunk streams on the serialised fast path
     )
     return ModelServer(config, [VaeEncodeModel(default), VaeDecodeModel(default)], [typed])
 
