@@ -58,3 +58,10 @@ def test_rows_hold_the_ratio_and_both_figures():
     ]
     assert "project 300 ms, Triton 100 ms" in rows[0].note and "2.0e-06" in rows[0].note
     assert "outputs differ" in rows[2].note
+
+
+def test_a_round_sends_enough_requests_to_outlast_a_server_waking_up():
+    assert triton.calls_per_round(0.015) == 20  # a 15 ms request: capped at MAX_CALLS
+    assert triton.calls_per_round(0.1) == 3  # about ROUND_S of requests
+    assert triton.calls_per_round(0.4) == 1  # one slow request is already a round
+    assert triton.calls_per_round(0.0) == triton.MAX_CALLS
