@@ -25,6 +25,7 @@ from genaug.wire import (
     read_varint,
 )
 from services.common.model import BYTES, Model, numpy_for_kserve
+from services.common.registration import add_handlers, generated_handlers
 
 SERVICE_NAME = "inference.GRPCInferenceService"
 _CONTENTS_FIELD = {
@@ -322,34 +323,15 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         return InferReply(response, contents)
 
 
-class _Capture:
-    """Stands in for a grpc.Server to collect the handlers a generated add_*_to_server makes."""
-
-    def __init__(self):
-        self.handlers: dict = {}
-
-    def add_generic_rpc_handlers(self, handlers) -> None:
-        pass
-
-    def add_registered_method_handlers(self, service: str, handlers: dict) -> None:
-        self.handlers = dict(handlers)
-
-
 def add_to_server(servicer: InferenceServicer, server) -> None:
     """Register the KServe v2 service as tritonclient's generated code does, except that
     ModelInfer reads and writes its raw contents without protobuf's extra copies."""
-    capture = _Capture()
-    service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, capture)
-    handlers = capture.handlers
-    if "ModelInfer" not in handlers:  # tritonclient's generated code registers differently
-        raise RuntimeError(
-            "tritonclient's add_GRPCInferenceServiceServicer_to_server did not "
-            "register its handlers through add_registered_method_handlers"
-        )
+    _, handlers = generated_handlers(
+        service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server, servicer
+    )
     handlers["ModelInfer"] = grpc.unary_unary_rpc_method_handler(
         servicer.infer,
         request_deserializer=InferRequest.parse,
         response_serializer=serialize_infer_reply,
     )
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
-    server.add_registered_method_handlers(SERVICE_NAME, handlers)
+    add_handlers(server, SERVICE_NAME, handlers)

@@ -7,6 +7,9 @@ their requests to the servicer as the bytes received (which `wire.assemble` read
 per chunk, and parses itself where a chunk is not a plain data chunk) and accept replies
 already serialised by `wire.iter_chunk_bytes` (or messages) through `wire.serialize_chunk`.
 The bytes on the wire are the same, so clients of either kind keep working.
+
+`generated_handlers` and `add_handlers` also serve `kserve.add_to_server` (ModelInfer on raw
+contents).
 """
 
 from __future__ import annotations

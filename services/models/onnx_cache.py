@@ -160,8 +160,9 @@ def _used_since(entry: _Entry) -> float:
 
 
 def _remove(paths: Sequence[Path], failures: list[str]) -> bool:
-    """Unlinks `paths` in order (records before their graph: a graph never loses its check
-    while still listed); False when one could not be removed."""
+    """Unlinks `paths` in order, stopping at the first that cannot be removed (False). Called
+    with an entry's parity records before its graph, so a failed removal never leaves a record
+    without the graph it vouches for."""
     for path in paths:
         try:
             path.unlink(missing_ok=True)
