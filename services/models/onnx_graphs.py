@@ -146,12 +146,18 @@ def export_onnx(spec: ExportSpec, path: Path, opset: int = DEFAULT_OPSET) -> Exp
 
 
 def onnx_session(path: Path, threads: int | None = None):
-    """A CPU onnxruntime session; `threads` caps intra-op threads (None: torch's setting)."""
+    """A CPU `InferenceSession`; `threads` intra-op threads (None: torch's own count), one
+    inter-op thread (graphs are sequential), all graph optimisations, and no spinning: idle
+    onnxruntime threads would otherwise busy-wait on cores torch (text encoder, the sampler's
+    UNet) needs."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads or torch.get_num_threads()
     options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 

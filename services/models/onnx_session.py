@@ -45,7 +45,7 @@ from services.models.onnx_cache import (
     prune_quietly,
     touch,
 )
-from services.models.onnx_graphs import DEFAULT_OPSET, ExportSpec, export_onnx
+from services.models.onnx_graphs import DEFAULT_OPSET, ExportSpec, export_onnx, onnx_session
 
 logger = logging.getLogger(__name__)
 
@@ -113,22 +113,6 @@ def add_runtime_argument(parser, what: str = "VAE") -> None:
     )
 
 
-def cpu_session(path: Path, threads: int | None = None):
-    """A CPU `InferenceSession`; `threads` intra-op threads (None: torch's own count), one
-    inter-op thread (graphs are sequential), all graph optimisations, and no spinning: idle
-    onnxruntime threads would otherwise busy-wait on cores torch (text encoder, the sampler's
-    UNet) needs."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads or torch.get_num_threads()
-    options.inter_op_num_threads = 1
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
 class OnnxGraph:
     """One exported graph on an onnxruntime CPU session.
 
@@ -154,7 +138,7 @@ class OnnxGraph:
         self.threads = threads or torch.get_num_threads()
         self.module = module
         self.parity: Parity | None = None  # set by `checked_graphs`
-        self.session = cpu_session(self.path, self.threads)
+        self.session = onnx_session(self.path, self.threads)
 
     def __call__(self, x: np.ndarray | torch.Tensor) -> np.ndarray:
         """float32 input (numpy, or a CPU tensor) -> float32 numpy output."""
