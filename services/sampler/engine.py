@@ -58,6 +58,14 @@ class StepSampler(Protocol):
     def finish(self, state): ...
 
 
+class _StepFailed(Exception):
+    """A denoising step raised (the cause); `batch` is what it was stepping."""
+
+    def __init__(self, batch: list[Job]):
+        super().__init__("denoising step failed")
+        self.batch = batch
+
+
 class SamplerEngine(abc.ABC):
     """The interface the servicer depends on."""
 
@@ -177,7 +185,7 @@ class ContinuousBatchingEngine(SamplerEngine):
         # Conditions are fetched and embedded outside the lock: other requests keep stepping.
         try:
             built = build_request()  # may wait on other services: not on the lane
-            job.state = run_on_lane(self.sampler.prepare, built)
+            run_on_lane(self._prepare_and_queue, job, built)
         except GenaugError as error:  # before ValueError: InvalidArgument is one
             self._prepared(job, error)
             raise
@@ -187,8 +195,14 @@ class ContinuousBatchingEngine(SamplerEngine):
         except Exception:
             self._prepared(job, Unavailable("could not prepare the request"))
             raise
+        return job
+
+    def _prepare_and_queue(self, job: Job, built) -> None:
+        """On the lane: the job's sampling state, then its place in the queue, in one task, so
+        that the step the lane runs next already sees it (see `_admitted_step`)."""
+        job.state = self.sampler.prepare(built)
         with self._cv:
-            self._preparing[priority] -= 1
+            self._preparing[job.priority] -= 1
             if job.finished:
                 pass  # cancelled or handed back while preparing
             elif job.cancelled:
@@ -196,12 +210,11 @@ class ContinuousBatchingEngine(SamplerEngine):
             elif self._closed:
                 self._retire(job, Failed(Unavailable("the sampler shut down")), locked=True)
             else:
-                self._queues[priority].append(job)
-                job.publish(Queued(len(self._queues[priority])))
+                self._queues[job.priority].append(job)
+                job.publish(Queued(len(self._queues[job.priority])))
                 self._cv.notify()
             self._update_gauges()
             job.ready.set()
-        return job
 
     def _prepared(self, job: Job, error: GenaugError) -> None:
         with self._cv:
@@ -257,23 +270,43 @@ class ContinuousBatchingEngine(SamplerEngine):
                     self._admit()
                 if self._closed:
                     return
-                batch = list(self._running)
-                self._worked = True
-            began = time.perf_counter()
             try:
-                run_on_lane(self.sampler.step, [job.state for job in batch])
-            except Exception:
-                logger.exception("denoising step failed; failing the batch")
-                for job in batch:
+                batch, seconds = run_on_lane(self._admitted_step)
+            except _StepFailed as failed:
+                logger.error("denoising step failed; failing the batch", exc_info=failed.__cause__)
+                for job in failed.batch:
                     self._retire(job, Failed(Unavailable("the denoising step failed")))
                 continue
-            seconds = time.perf_counter() - began
+            if not batch:
+                continue
             self._step_seconds.append(seconds)
             metrics.STEP_SECONDS.observe(seconds)
             metrics.STEP_BATCH.observe(len(batch))
             for job in batch:
                 if not job.finished:  # not cancelled or handed back during the step
                     self._after_step(job, seconds)
+
+    def _admitted_step(self) -> tuple[list[Job], float]:
+        """On the lane: admit as of the moment the step starts, then advance the batch one
+        step; returns the batch and the step's seconds.
+
+        Deciding the batch when the lane is free rather than when the step was handed to it
+        lets a request whose prepare ran on the lane just before join this step, not the
+        next: an interactive request waits for at most the step already running.
+        """
+        with self._cv:
+            self._admit()
+            batch = list(self._running)
+            if batch:
+                self._worked = True
+        if not batch:
+            return batch, 0.0
+        began = time.perf_counter()
+        try:
+            self.sampler.step([job.state for job in batch])
+        except Exception as error:
+            raise _StepFailed(batch) from error
+        return batch, time.perf_counter() - began
 
     def _release_heap(self) -> None:
         """Called holding the lock; released around the trim (milliseconds), so submissions

@@ -257,3 +257,36 @@ def test_interactive_requests_step_without_batch_work_when_alone(alone):
         assert isinstance(outcome(background)[0], Finished)  # resumed after the pause
     finally:
         engine.close()
+
+
+class PrepareRecordingSampler(RecordingSampler):
+    """Also records how many steps had started when each prepare ran (on the lane)."""
+
+    def __init__(self, step_delay: float, prepare_delay: float):
+        super().__init__(step_delay)
+        self.prepare_delay = prepare_delay
+        self.steps_before_prepare: list[int] = []
+
+    def prepare(self, req):
+        self.steps_before_prepare.append(len(self.steps))
+        time.sleep(self.prepare_delay)  # longer than the scheduler takes between steps
+        return super().prepare(req)
+
+
+def test_a_request_prepared_during_a_step_joins_the_next_step():
+    sampler = PrepareRecordingSampler(step_delay=0.05, prepare_delay=0.05)
+    engine = ContinuousBatchingEngine(sampler, max_batch_size=4)
+    try:
+        background = submit(engine, "background", Priority.BATCH, num_inference_steps=40)
+        events = background.subscribe()
+        while not isinstance(events.get(timeout=60), Progress):
+            pass
+        joining = submit(engine, "joining", Priority.BATCH, num_inference_steps=3)
+        state = id(joining.state)
+        assert isinstance(outcome(joining)[0], Finished)
+        first = next(i for i, s in enumerate(sampler.steps) if state in s)
+        # The batch is decided when the lane is free, so no step starts between this
+        # request's prepare and its first step (it used to wait for one more).
+        assert first == sampler.steps_before_prepare[-1]
+    finally:
+        engine.close()
