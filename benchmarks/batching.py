@@ -3,23 +3,27 @@
 The sampler's engine (`services.sampler.engine`) in this process, on the bundled generator,
 driven as the service drives it (requests built by `SamplerBackend.build` from
 GenerateRequests with real conditions, `benchmarks.reference_requests`). At each concurrency
-c, c closed-loop clients each send max(1, `--requests` / c) requests one after another (at
-least `--requests` in all, default 4); request k of
-client i takes `STEP_MIX[(i + k) % 3]` denoising steps (a mix of full-quality and shorter
-requests, as a shared sampler sees them), so requests end at different steps. The variants:
+c, c closed-loop clients each send requests one after another for a measurement window
+(`--window` seconds); request k of client i takes `STEP_MIX[(i + k) % 3]` denoising steps (a
+mix of full-quality and shorter requests, as a shared sampler sees them), so requests end at
+different steps. Throughput is the work done inside the window, when all c clients are always
+waiting on a request: each request counts the share of its steps done by the window's end (1
+once finished). The requests in flight then run to their end, outside the window, so every
+request sent counts in the latencies. A fixed number of requests instead would end each level
+with a drain in which fewer than c requests are left (at c = 8 and 8 requests, most of the
+level), which measures the drain, not concurrency c. The variants:
 
 - **continuous**: the service's engine (batch of `BATCH`, admission at every step);
 - **one at a time**: the same engine with a batch of 1;
 - **whole-request**: static batching: a batch of up to `BATCH` starts only once every request
   of the previous batch finished.
 
-Variants are interleaved (their order rotates per concurrency; at concurrency 1 and 2, whose
-levels are short, a second round runs them in reverse order and the rounds are pooled):
-throughput in clips/s and p50/p95 request latency. Priorities: an interactive request's latency
-while 16 batch requests keep the engine full, as a ratio to its latency on the idle engine
-(medians over repeats).
+Variants are interleaved (their order rotates per concurrency; at concurrency 1 and 2 a second
+round runs them in reverse order and the rounds are pooled): throughput in clips/s and p50/p95
+request latency. Priorities: an interactive request's latency while 16 batch requests keep the
+engine full, as a ratio to its latency on the idle engine (medians over repeats).
 
-    python -m benchmarks.batching [--requests 4] [--repeats 2]
+    python -m benchmarks.batching [--window 8] [--repeats 2]
 """
 
 from __future__ import annotations
@@ -35,12 +39,13 @@ import numpy as np
 from benchmarks.common import machine_facts, median, run_clients, write_results
 from benchmarks.demo_job import BATCH, MODEL_DIR
 from benchmarks.reference_requests import class_references, generate_request
+from benchmarks.step_batching import measure as measure_steps
 from benchmarks.suite import BenchSettings, Row, Section, at_least, at_most
 from clients.augment.sampling_defaults import sampling_defaults
 from genaug.compute_lane import run_on_lane
 from genaug.deadline import Deadline
 from genaug.v1 import sampler_pb2 as pb
-from services.sampler.jobs import Failed, Finished, Priority
+from services.sampler.jobs import Failed, Finished, Priority, Progress
 
 RESULTS = Path(__file__).resolve().parent / "results"
 CONCURRENCY = (1, 2, 4, 8, 16)
@@ -53,6 +58,8 @@ VARIANTS = {
 BACKGROUND = 16  # batch requests keeping the engine full while the interactive one runs
 TARGET_CPU, TARGET_GPU, TARGET_PRIORITY = 1.4, 4.0, 1.5
 LOW_LEVEL_ROUNDS = 2  # rounds at concurrency 1 and 2
+WINDOW_S = 8.0  # each variant's measurement window per round
+LOW_LEVEL_WINDOW_S = 5.0  # per round at concurrency 1 and 2 (two rounds)
 
 
 def outcome(job, timeout: float = 600.0) -> Finished:
@@ -111,21 +118,45 @@ class Workload:
         build = lambda: self.backend.build(request, Deadline.none())  # noqa: E731
         return engine.submit(request.request_id, request.request_id, build, priority, None)
 
-    def closed_loop(self, options: dict, concurrency: int, per_client: int) -> dict:
-        """`concurrency` clients, `per_client` requests each: clips/s and latencies."""
+    def closed_loop(self, options: dict, concurrency: int, window_s: float) -> dict:
+        """`concurrency` clients sending requests one after another for `window_s` seconds:
+        clips/s of the work done in the window, latencies of every request sent in it."""
         engine = self.engine(**options)
-        latencies: list[float] = []
+        runs: list[tuple[float, list[tuple[float, float]]]] = []
+        began = time.perf_counter()
 
         def client(i: int) -> None:
-            for k in range(per_client):
+            k = 0
+            while time.perf_counter() - began < window_s:
                 steps = self.step_mix[(i + k) % len(self.step_mix)]
-                latencies.append(outcome(self.submit(engine, steps)).seconds)
+                runs.append(self.progress(engine, steps, began))
+                k += 1
 
         try:
             wall = run_clients(concurrency, client)
         finally:
             engine.close()
-        return {**throughput(latencies, wall), "latencies_s": latencies}
+        latencies = [latency for latency, _ in runs]
+        done = work_in_window([marks for _, marks in runs], window_s)
+        return {**throughput(latencies, done, window_s), "wall_s": wall, "latencies_s": latencies}
+
+    def progress(
+        self, engine, steps: int, origin: float
+    ) -> tuple[float, list[tuple[float, float]]]:
+        """One request to its end: its latency and its (seconds since `origin`, share of its
+        steps done) marks."""
+        events = self.submit(engine, steps).subscribe()
+        marks: list[tuple[float, float]] = []
+        while True:
+            event = events.get(timeout=600)
+            now = time.perf_counter() - origin
+            if isinstance(event, Failed):
+                raise RuntimeError(str(event.error))
+            if isinstance(event, Progress):
+                marks.append((now, event.step / event.total))
+            elif isinstance(event, Finished):
+                marks.append((now, 1.0))
+                return event.seconds, marks
 
     def interactive_latency(
         self, background: int, repeats: int, steps: int, alone: bool = True
@@ -157,28 +188,41 @@ class Workload:
         return latencies
 
 
-def throughput(latencies: list[float], wall: float) -> dict:
-    """Clips per second over `wall` and the latencies' p50/p95."""
+def work_in_window(marks: list[list[tuple[float, float]]], window_s: float) -> float:
+    """Clips' worth of work done by `window_s`: per request, the largest share of its steps
+    marked done by then (every request started after the window opened)."""
+    return sum(max((share for t, share in m if t <= window_s), default=0.0) for m in marks)
+
+
+def throughput(latencies: list[float], done: float, window_s: float) -> dict:
+    """Clips per second of the `done` work over the window, and the latencies' p50/p95."""
     return {
-        "clips_per_s": len(latencies) / wall,
+        "clips_per_s": done / window_s,
         "p50_s": float(np.percentile(latencies, 50)),
         "p95_s": float(np.percentile(latencies, 95)),
-        "wall_s": wall,
+        "window_s": window_s,
+        "clips_in_window": done,
         "clips": len(latencies),
     }
 
 
 def pooled(runs: list[dict]) -> dict:
-    """Closed-loop runs of one variant as one: clips over wall time, latency percentiles of all."""
+    """Closed-loop runs of one variant as one: work over window time, latency percentiles of all."""
     latencies = [x for r in runs for x in r["latencies_s"]]
-    return {**throughput(latencies, sum(r["wall_s"] for r in runs)), "rounds": len(runs)}
+    done = sum(r["clips_in_window"] for r in runs)
+    window = sum(r["window_s"] for r in runs)
+    return {
+        **throughput(latencies, done, window),
+        "wall_s": sum(r["wall_s"] for r in runs),
+        "rounds": len(runs),
+    }
 
 
 def run(
     out_dir: Path,
     device: str = "cpu",
     threads: int = 2,
-    requests: int = 4,
+    window_s: float = WINDOW_S,
     repeats: int = 2,
     concurrency: tuple[int, ...] = CONCURRENCY,
     step_mix: tuple[int, ...] = STEP_MIX,
@@ -191,17 +235,22 @@ def run(
     per_level: dict[int, dict[str, dict]] = {}
     for level, c in enumerate(concurrency):
         order = names[level % len(names) :] + names[: level % len(names)]
-        # Few requests make a short level: more rounds (the order reversed in the next) so
-        # that its ratio is not one sample of the machine's noise.
-        rounds = [order, order[::-1]][: LOW_LEVEL_ROUNDS if c <= 2 else 1]
+        # Few clients finish few requests: two shorter rounds (the order reversed in the
+        # second) so that the ratio is not one sample of the machine's noise.
+        low = c <= 2
+        rounds = [order, order[::-1]][: LOW_LEVEL_ROUNDS if low else 1]
+        window = window_s * LOW_LEVEL_WINDOW_S / WINDOW_S if low else window_s
         measured: dict[str, list[dict]] = {name: [] for name in names}
         for round_order in rounds:
             for name in round_order:
-                per_client = max(1, requests // c)
-                measured[name].append(load.closed_loop(VARIANTS[name], c, per_client))
+                measured[name].append(load.closed_loop(VARIANTS[name], c, window))
         per_level[c] = {name: pooled(runs) for name, runs in measured.items()}
         for name in order:
             print(f"batching: concurrency {c}, {name}: {per_level[c][name]}", flush=True)
+    # What one full step gains over a batch of one on this machine now: the engine's ceiling.
+    step_s = run_on_lane(measure_steps, 2 if len(concurrency) < 3 else 6, threads, device)
+    ceiling = step_s[1] / (step_s[BATCH] / BATCH)
+    print(f"batching: step seconds by batch {step_s}; ceiling {ceiling:.2f}x", flush=True)
     steps = max(step_mix)
     alone = device == "cpu"  # the sampler's --interactive-alone auto
     idle = load.interactive_latency(0, repeats, steps)
@@ -216,13 +265,16 @@ def run(
             "device": device,
             "threads": threads,
             "batch": BATCH,
-            "requests_per_level": requests,
+            "window_s": window_s,
+            "low_level_window_s": window_s * LOW_LEVEL_WINDOW_S / WINDOW_S,
             "step_mix": list(step_mix),
             "repeats": repeats,
             "guidance": load.defaults.guidance,
             "solver": load.defaults.solver,
         },
         "concurrency": {str(c): v for c, v in per_level.items()},
+        "step_seconds_by_batch": {str(b): v for b, v in step_s.items()},
+        "step_ceiling": ceiling,
         "speedup_over_one_at_a_time": {
             str(c): {n: v[n]["clips_per_s"] / v["one at a time"]["clips_per_s"] for n in names}
             for c, v in per_level.items()
@@ -270,7 +322,7 @@ def _plot(out_dir: Path, per_level: dict[int, dict[str, dict]]) -> Path:
 def _section(settings: BenchSettings) -> list[Row]:
     if settings.quick:
         results = run(
-            Path(settings.out_dir), settings.device, settings.threads, 1, 1, (1, 2), (2, 1, 3)
+            Path(settings.out_dir), settings.device, settings.threads, 1.0, 1, (1, 2), (2, 1, 3)
         )
     else:
         results = run(Path(settings.out_dir), settings.device, settings.threads)
@@ -282,6 +334,7 @@ def _section(settings: BenchSettings) -> list[Row]:
         cont, one, whole = (level[n] for n in VARIANTS)
         ratio = speedups[c]["continuous"]
         held = c == "8"
+        ceiling = f"; the step's ceiling {results['step_ceiling']:.2f}x" if held else ""
         rows.append(
             Row(
                 "batching",
@@ -293,9 +346,20 @@ def _section(settings: BenchSettings) -> list[Row]:
                 f"{cont['clips_per_s']:.2f} vs {one['clips_per_s']:.2f} clips/s "
                 f"(whole-request {whole['clips_per_s']:.2f}); p50/p95 {cont['p50_s']:.1f}/"
                 f"{cont['p95_s']:.1f}s vs {one['p50_s']:.1f}/{one['p95_s']:.1f}s "
-                f"(whole-request {whole['p50_s']:.1f}/{whole['p95_s']:.1f}s)",
+                f"(whole-request {whole['p50_s']:.1f}/{whole['p95_s']:.1f}s){ceiling}",
             )
         )
+    step_s = results["step_seconds_by_batch"]
+    rows.append(
+        Row(
+            "batching",
+            f"step ceiling: batch {BATCH} / batch 1 per-clip step throughput",
+            results["step_ceiling"],
+            "x",
+            note=", ".join(f"batch {b} {v * 1e3:.0f} ms" for b, v in step_s.items())
+            + " per step (both CFG rows)",
+        )
+    )
     rows.append(Row("batching", "lowest continuous / one at a time", worst, "x", ">= 1.0",
                     at_least(worst, 1.0)))  # fmt: skip
     inter = results["interactive"]
@@ -321,7 +385,7 @@ SECTION = Section("batching", "Step-level batching vs one at a time and whole-re
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--requests", type=int, default=4, help="at least, per concurrency")
+    parser.add_argument("--window", type=float, default=WINDOW_S, help="seconds per variant")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--concurrency", type=int, nargs="+", default=list(CONCURRENCY))
     parser.add_argument("--threads", type=int, default=2)
@@ -332,7 +396,7 @@ def main(argv: list[str] | None = None) -> int:
         args.out,
         args.device,
         args.threads,
-        args.requests,
+        args.window,
         args.repeats,
         tuple(args.concurrency),
     )

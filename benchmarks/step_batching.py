@@ -25,14 +25,15 @@ from genaug.deadline import Deadline
 BATCHES = (1, 2, 4, 8)
 
 
-def measure(rounds: int, threads: int) -> dict[int, float]:
-    """Median seconds of one step at each batch size (on the compute lane, as the sampler)."""
+def measure(rounds: int, threads: int, device: str = "cpu") -> dict[int, float]:
+    """Median seconds of one step at each batch size (call it on the compute lane, as the
+    sampler steps)."""
     import torch
 
     from services.sampler.backend import SamplerBackend
 
     torch.set_num_threads(threads)
-    backend = SamplerBackend(MODEL_DIR, "cpu")
+    backend = SamplerBackend(MODEL_DIR, device)
     backend.load()
     generator = backend.generator("")
     defaults = sampling_defaults(MODEL_DIR)
@@ -59,6 +60,8 @@ def measure(rounds: int, threads: int) -> dict[int, float]:
         for size, batch in batches.items():
             began = time.perf_counter()
             sampler.step(batch)
+            if device == "cuda":
+                torch.cuda.synchronize()
             times[size].append(time.perf_counter() - began)
     return {size: statistics.median(t) for size, t in times.items()}
 
