@@ -239,15 +239,21 @@ class RecordingSampler(CountingSampler):
         return super().step(states)
 
 
+def stepping_background_job(engine):
+    """A 40-step batch job, returned once it has made a step."""
+    background = submit(engine, "background", Priority.BATCH, num_inference_steps=40)
+    events = background.subscribe()
+    while not isinstance(events.get(timeout=60), Progress):
+        pass
+    return background
+
+
 @pytest.mark.parametrize("alone", [True, False])
 def test_interactive_requests_step_without_batch_work_when_alone(alone):
     sampler = RecordingSampler(step_delay=0.01)
     engine = ContinuousBatchingEngine(sampler, max_batch_size=4, interactive_alone=alone)
     try:
-        background = submit(engine, "background", Priority.BATCH, num_inference_steps=40)
-        events = background.subscribe()
-        while not isinstance(events.get(timeout=60), Progress):
-            pass
+        background = stepping_background_job(engine)
         urgent = submit(engine, "urgent", Priority.INTERACTIVE, num_inference_steps=4)
         urgent_state = id(urgent.state)
         background_state = id(background.state)
@@ -277,10 +283,7 @@ def test_a_request_prepared_during_a_step_joins_the_next_step():
     sampler = PrepareRecordingSampler(step_delay=0.05, prepare_delay=0.05)
     engine = ContinuousBatchingEngine(sampler, max_batch_size=4)
     try:
-        background = submit(engine, "background", Priority.BATCH, num_inference_steps=40)
-        events = background.subscribe()
-        while not isinstance(events.get(timeout=60), Progress):
-            pass
+        stepping_background_job(engine)
         joining = submit(engine, "joining", Priority.BATCH, num_inference_steps=3)
         state = id(joining.state)
         assert isinstance(outcome(joining)[0], Finished)
