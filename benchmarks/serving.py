@@ -109,7 +109,9 @@ def run(
         with LocalCluster(["sampler"], None, work / "logs", extra_args=extra) as cluster:
             channel = open_channel(cluster.targets()["sampler"], ChannelSettings())
             client = SamplerClient(channel)
-            through_service(client, made[:1], "warm")
+            # A whole group, as the in-process side warmed: the service's first batch-4 steps
+            # (new shapes, allocator growth) would otherwise land in round 1 only.
+            through_service(client, made[:BATCH], "warm")
             measured = []
             for r in range(rounds):
                 service = through_service(client, made, f"round-{r}")
