@@ -13,7 +13,12 @@ bundled generator's `sampling.json`), decoded to frames; the same batch composit
   the service.
 
 Rounds of (service, in-process) are interleaved; the ratio is the median over rounds of the
-wall time of all groups.
+wall time of all groups. The profile says where the difference went, from the service's own
+step counters (`genaug_sampler_step_seconds`, `genaug_sampler_step_batch_size`) read before
+and after each round: seconds per denoising step and steps taken against in-process (a group
+whose requests arrive apart starts with a partial batch and ends with one), and the seconds
+outside steps (decoding on both sides; for the service also each request's transport,
+parsing and preparing, and each result's encoding and transport).
 
     python -m benchmarks.serving [--groups 3] [--rounds 2]
 """
@@ -26,7 +31,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from benchmarks.augment import InProcess
+from benchmarks.augment import InProcess, engine_counters
 from benchmarks.common import bar_plot, machine_facts, median, write_results
 from benchmarks.demo_job import BATCH, MODEL_DIR
 from benchmarks.reference_requests import Reference, class_references, generate_request
@@ -114,9 +119,11 @@ def run(
             through_service(client, made[:BATCH], "warm")
             measured = []
             for r in range(rounds):
+                before = engine_counters(cluster)
                 service = through_service(client, made, f"round-{r}")
-                in_process = local.run(routed, BATCH)["seconds"]
-                measured.append({"service_s": service, "in_process_s": in_process})
+                engine = _difference(engine_counters(cluster), before)
+                local_run = local.run(routed, BATCH)
+                measured.append(_round(service, engine, local_run))
             channel.close()
     ratio = median([m["service_s"] / m["in_process_s"] for m in measured])
     results = {
@@ -132,6 +139,7 @@ def run(
         },
         "rounds": measured,
         "service_over_in_process": ratio,
+        "profile": _profile(measured),
         "seconds": round(time.perf_counter() - began, 1),
     }
     write_results(out_dir, "serving", results)
@@ -147,10 +155,53 @@ def run(
     return results
 
 
+def _difference(after: dict[str, float], before: dict[str, float]) -> dict[str, float]:
+    return {k: after[k] - before[k] for k in after}
+
+
+def _round(service_s: float, engine: dict[str, float], local: dict) -> dict:
+    """One round's wall times, with where each side's time went: denoising steps (the
+    service's from its engine's step counters) and the rest (decoding, and for the service
+    also preparing, scheduling and transport)."""
+    return {
+        "service_s": service_s,
+        "in_process_s": local["seconds"],
+        "service_steps": int(engine["steps"]),
+        "in_process_steps": local["steps"],
+        "service_step_s": engine["step_seconds"],
+        "in_process_step_s": local["sampling_seconds"],
+        "service_mean_batch": engine["batched_requests"] / max(engine["steps"], 1),
+        "in_process_mean_batch": local["mean_batch"],
+    }
+
+
+def _profile(rounds: list[dict]) -> dict:
+    """Why the service takes longer, as medians over rounds: per-step time, step count and
+    the seconds outside steps, each against in-process."""
+
+    def per_step(m: dict, side: str) -> float:
+        return m[f"{side}_step_s"] / max(m[f"{side}_steps"], 1)
+
+    return {
+        "step_seconds_over_in_process": median(
+            [per_step(m, "service") / per_step(m, "in_process") for m in rounds]
+        ),
+        "steps_over_in_process": median(
+            [m["service_steps"] / max(m["in_process_steps"], 1) for m in rounds]
+        ),
+        "service_mean_batch": median([m["service_mean_batch"] for m in rounds]),
+        "service_outside_steps_s": median([m["service_s"] - m["service_step_s"] for m in rounds]),
+        "in_process_outside_steps_s": median(
+            [m["in_process_s"] - m["in_process_step_s"] for m in rounds]
+        ),
+    }
+
+
 def _section(settings: BenchSettings) -> list[Row]:
     groups, rounds, steps = (1, 1, 2) if settings.quick else (3, 2, None)
     results = run(Path(settings.out_dir), settings.device, settings.threads, groups, rounds, steps)
     s, ratio = results["settings"], results["service_over_in_process"]
+    why = results["profile"]
     service = median([m["service_s"] for m in results["rounds"]])
     local = median([m["in_process_s"] for m in results["rounds"]])
     return [
@@ -162,7 +213,10 @@ def _section(settings: BenchSettings) -> list[Row]:
             f"<= {TARGET}",
             at_most(ratio, TARGET),
             f"{s['clips']} clips decoded, {s['steps']} steps, groups of {s['batch']}: "
-            f"{service:.1f}s vs {local:.1f}s",
+            f"{service:.1f}s vs {local:.1f}s; per step {why['step_seconds_over_in_process']:.2f}x "
+            f"in-process, {why['steps_over_in_process']:.2f}x the steps (mean batch "
+            f"{why['service_mean_batch']:.2f}), outside steps "
+            f"{why['service_outside_steps_s']:.1f}s vs {why['in_process_outside_steps_s']:.1f}s",
         )
     ]
 
@@ -182,7 +236,12 @@ def main(argv: list[str] | None = None) -> int:
     results = run(args.out, args.device, args.threads, args.groups, args.rounds, args.steps)
     print(f"machine: {results['machine']}; {results['seconds']}s")
     for m in results["rounds"]:
-        print(f"service {m['service_s']:.2f}s, in-process {m['in_process_s']:.2f}s")
+        print(
+            f"service {m['service_s']:.2f}s ({m['service_steps']} steps, "
+            f"{m['service_step_s']:.2f}s in them), in-process {m['in_process_s']:.2f}s "
+            f"({m['in_process_steps']} steps, {m['in_process_step_s']:.2f}s)"
+        )
+    print("profile:", {k: round(v, 3) for k, v in results["profile"].items()})
     print(f"service / in-process: {results['service_over_in_process']:.3f}x")
     print(f"wrote {args.out / 'serving.json'} and {args.out / 'serving.png'}")
     return 0
