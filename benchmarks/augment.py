@@ -151,6 +151,18 @@ def engine_counters(cluster: LocalCluster) -> dict[str, float]:
     return totals
 
 
+def engine_since(cluster: LocalCluster, before: dict[str, float]) -> dict:
+    """The samplers' denoising steps since `before` (an `engine_counters` reading): how many,
+    their seconds, and how many requests a step advanced on average."""
+    after = engine_counters(cluster)
+    steps = after["steps"] - before["steps"]
+    return {
+        "steps": int(steps),
+        "step_seconds": after["step_seconds"] - before["step_seconds"],
+        "mean_batch": (after["batched_requests"] - before["batched_requests"]) / max(steps, 1),
+    }
+
+
 def cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
     """User + system CPU seconds each process has used so far."""
     tick = os.sysconf("SC_CLK_TCK")
@@ -175,14 +187,11 @@ def _job(
     pids = {**cluster.pids(), "client": os.getpid()}
     steps_before, cpu_before = engine_counters(cluster), cpu_seconds(pids)
     timings = run_job(options).timings
-    steps_after, cpu_after = engine_counters(cluster), cpu_seconds(pids)
-    steps = steps_after["steps"] - steps_before["steps"]
-    step_seconds = steps_after["step_seconds"] - steps_before["step_seconds"]
-    batched = steps_after["batched_requests"] - steps_before["batched_requests"]
+    engine, cpu_after = engine_since(cluster, steps_before), cpu_seconds(pids)
     timings["engine"] = {
-        "steps": int(steps),
-        "mean_step_seconds": step_seconds / max(steps, 1),
-        "mean_batch": batched / max(steps, 1),
+        "steps": engine["steps"],
+        "mean_step_seconds": engine["step_seconds"] / max(engine["steps"], 1),
+        "mean_batch": engine["mean_batch"],
     }
     timings["cpu_seconds"] = {n: round(cpu_after[n] - cpu_before[n], 2) for n in pids}
     return timings

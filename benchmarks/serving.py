@@ -31,7 +31,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from benchmarks.augment import InProcess, engine_counters
+from benchmarks.augment import InProcess, engine_counters, engine_since
 from benchmarks.common import bar_plot, machine_facts, median, write_results
 from benchmarks.demo_job import BATCH, MODEL_DIR
 from benchmarks.reference_requests import Reference, class_references, generate_request
@@ -121,7 +121,7 @@ def run(
             for r in range(rounds):
                 before = engine_counters(cluster)
                 service = through_service(client, made, f"round-{r}")
-                engine = _difference(engine_counters(cluster), before)
+                engine = engine_since(cluster, before)
                 local_run = local.run(routed, BATCH)
                 measured.append(_round(service, engine, local_run))
             channel.close()
@@ -155,22 +155,18 @@ def run(
     return results
 
 
-def _difference(after: dict[str, float], before: dict[str, float]) -> dict[str, float]:
-    return {k: after[k] - before[k] for k in after}
-
-
-def _round(service_s: float, engine: dict[str, float], local: dict) -> dict:
+def _round(service_s: float, engine: dict, local: dict) -> dict:
     """One round's wall times, with where each side's time went: denoising steps (the
     service's from its engine's step counters) and the rest (decoding, and for the service
     also preparing, scheduling and transport)."""
     return {
         "service_s": service_s,
         "in_process_s": local["seconds"],
-        "service_steps": int(engine["steps"]),
+        "service_steps": engine["steps"],
         "in_process_steps": local["steps"],
         "service_step_s": engine["step_seconds"],
         "in_process_step_s": local["sampling_seconds"],
-        "service_mean_batch": engine["batched_requests"] / max(engine["steps"], 1),
+        "service_mean_batch": engine["mean_batch"],
         "in_process_mean_batch": local["mean_batch"],
     }
 
