@@ -11,6 +11,7 @@ from pathlib import Path
 
 from benchmarks.echo import (  # noqa: F401 (re-export)
     ECHO_SERVICE,
+    echo_bytes_stub,
     echo_chunk_bytes_stub,
     echo_service,
     echo_stubs,

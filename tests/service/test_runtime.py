@@ -21,6 +21,7 @@ from tests.service.conftest import codec_config, codec_with_echo, running
 from tests.service.identity import identity_service, who
 from tests.support import (
     SMALL_LATENT_CHANNELS,
+    echo_bytes_stub,
     echo_chunk_bytes_stub,
     echo_stubs,
     make_certificates,
@@ -63,6 +64,12 @@ def test_serialised_chunk_stream_round_trip_and_bad_bytes(channel):
             list(stream(iter(chunks), timeout=10))
         assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert info.value.details().startswith(f"{where}: ")
+
+
+def test_the_bytes_echo_returns_each_message_as_sent(channel):
+    # The transport bench's ceiling: if it dropped or merged messages, the ceiling would lie.
+    pieces = [bytes([i]) * (MIB if i < 3 else 7) for i in range(4)]
+    assert list(echo_bytes_stub(channel)(iter(pieces), timeout=30)) == pieces
 
 
 def test_unary_message_over_the_limit_is_resource_exhausted(tmp_path):
