@@ -18,10 +18,13 @@ level), which measures the drain, not concurrency c. The variants:
 - **whole-request**: static batching: a batch of up to `BATCH` starts only once every request
   of the previous batch finished.
 
-Variants are interleaved (their order rotates per concurrency; at concurrency 1 and 2 a second
-round runs them in reverse order and the rounds are pooled): throughput in clips/s and p50/p95
-request latency. Priorities: an interactive request's latency while 16 batch requests keep the
-engine full, as a ratio to its latency on the idle engine (medians over repeats).
+Variants are interleaved (their order rotates per concurrency; at concurrency 1 and 2, where
+few requests finish in a window, six short rounds run them in every order, so each variant
+holds each place twice and the machine's drift falls on all alike, and the rounds are pooled):
+throughput in clips/s and p50/p95 request latency; at the low levels also the spread of the
+per-round ratios, which says how far one reading of the same work moves here. Priorities: an
+interactive request's latency while 16 batch requests keep the engine full, as a ratio to its
+latency on the idle engine (medians over repeats).
 
     python -m benchmarks.batching [--window 8] [--repeats 2]
 """
@@ -29,6 +32,8 @@ engine full, as a ratio to its latency on the idle engine (medians over repeats)
 from __future__ import annotations
 
 import argparse
+import itertools
+import math
 import tempfile
 import threading
 import time
@@ -57,9 +62,8 @@ VARIANTS = {
 }
 BACKGROUND = 16  # batch requests keeping the engine full while the interactive one runs
 TARGET_CPU, TARGET_GPU, TARGET_PRIORITY = 1.4, 4.0, 1.5
-LOW_LEVEL_ROUNDS = 2  # rounds at concurrency 1 and 2
 WINDOW_S = 8.0  # each variant's measurement window per round
-LOW_LEVEL_WINDOW_S = 5.0  # per round at concurrency 1 and 2 (two rounds)
+LOW_LEVEL_WINDOW_S = 2.0  # per round at concurrency 1 and 2 (a round per order of the variants)
 
 
 def outcome(job, timeout: float = 600.0) -> Finished:
@@ -235,16 +239,20 @@ def run(
     per_level: dict[int, dict[str, dict]] = {}
     for level, c in enumerate(concurrency):
         order = names[level % len(names) :] + names[: level % len(names)]
-        # Few clients finish few requests: two shorter rounds (the order reversed in the
-        # second) so that the ratio is not one sample of the machine's noise.
+        # Few clients finish few requests: short rounds in every order of the variants, so
+        # that the ratio is not one sample of the machine's noise or of its drift.
         low = c <= 2
-        rounds = [order, order[::-1]][: LOW_LEVEL_ROUNDS if low else 1]
+        rounds = list(itertools.permutations(order)) if low else [order]
         window = window_s * LOW_LEVEL_WINDOW_S / WINDOW_S if low else window_s
         measured: dict[str, list[dict]] = {name: [] for name in names}
         for round_order in rounds:
             for name in round_order:
                 measured[name].append(load.closed_loop(VARIANTS[name], c, window))
         per_level[c] = {name: pooled(runs) for name, runs in measured.items()}
+        per_level[c]["continuous"]["round_ratios"] = [
+            a["clips_in_window"] / max(b["clips_in_window"], 1e-9)
+            for a, b in zip(measured["continuous"], measured["one at a time"], strict=True)
+        ]
         for name in order:
             print(f"batching: concurrency {c}, {name}: {per_level[c][name]}", flush=True)
     # What one full step gains over a batch of one on this machine now: the engine's ceiling.
@@ -267,6 +275,7 @@ def run(
             "batch": BATCH,
             "window_s": window_s,
             "low_level_window_s": window_s * LOW_LEVEL_WINDOW_S / WINDOW_S,
+            "low_level_rounds": math.factorial(len(VARIANTS)),
             "step_mix": list(step_mix),
             "repeats": repeats,
             "guidance": load.defaults.guidance,
@@ -335,6 +344,9 @@ def _section(settings: BenchSettings) -> list[Row]:
         ratio = speedups[c]["continuous"]
         held = c == "8"
         ceiling = f"; the step's ceiling {results['step_ceiling']:.2f}x" if held else ""
+        spread = cont.get("round_ratios", [])
+        if len(spread) > 1:
+            ceiling += f"; {len(spread)} rounds read {min(spread):.2f}-{max(spread):.2f}x"
         rows.append(
             Row(
                 "batching",

@@ -445,7 +445,7 @@ def measure(
 def run(
     out_dir: Path,
     repeats: int = 3,
-    concurrent_repeats: int = 2,
+    concurrent_repeats: int = 3,
     threads: int = 2,
     quick: bool = False,
     python: str | None = None,
@@ -608,7 +608,7 @@ SECTION = Section(
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3, help="rounds at concurrency 1")
-    parser.add_argument("--concurrent-repeats", type=int, default=2, help="rounds at 4")
+    parser.add_argument("--concurrent-repeats", type=int, default=3, help="rounds at 4")
     parser.add_argument("--threads", type=int, default=2, help="onnxruntime intra-op threads")
     parser.add_argument("--quick", action="store_true", help="tiny inputs, one round")
     parser.add_argument("--python", help="Python 3.12 for the Triton environment")
