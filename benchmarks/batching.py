@@ -353,11 +353,11 @@ def _section(settings: BenchSettings) -> list[Row]:
         cont, one, whole = (level[n] for n in VARIANTS)
         ratio = speedups[c]["continuous"]
         held = c == "8"
-        ceiling = f"; the step's ceiling {results['step_ceiling']:.2f}x" if held else ""
-        spread = cont.get("round_ratios", [])
+        context = f"; the step's ceiling {results['step_ceiling']:.2f}x" if held else ""
+        spread = cont["round_ratios"]
         if len(spread) > 1:
-            ceiling += f"; median of {len(spread)} rounds, which read {min(spread):.2f}-"
-            ceiling += f"{max(spread):.2f}x"
+            context += f"; median of {len(spread)} rounds, which read {min(spread):.2f}-"
+            context += f"{max(spread):.2f}x"
         rows.append(
             Row(
                 "batching",
@@ -369,7 +369,7 @@ def _section(settings: BenchSettings) -> list[Row]:
                 f"{cont['clips_per_s']:.2f} vs {one['clips_per_s']:.2f} clips/s "
                 f"(whole-request {whole['clips_per_s']:.2f}); p50/p95 {cont['p50_s']:.1f}/"
                 f"{cont['p95_s']:.1f}s vs {one['p50_s']:.1f}/{one['p95_s']:.1f}s "
-                f"(whole-request {whole['p50_s']:.1f}/{whole['p95_s']:.1f}s){ceiling}",
+                f"(whole-request {whole['p50_s']:.1f}/{whole['p95_s']:.1f}s){context}",
             )
         )
     step_s = results["step_seconds_by_batch"]
