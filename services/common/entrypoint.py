@@ -33,3 +33,15 @@ def service_main(
         threshold = default_mmap_threshold_mib(config.device)
     set_mmap_threshold(round(threshold * 2**20))  # before any model loads
     return build(config, args).serve_until_signal()
+
+
+def at_least_zero(kind: Callable):
+    """An argparse `type`: `kind(text)`, refused below zero with the value in the message."""
+
+    def parse(text: str):
+        value = kind(text)
+        if value < 0:
+            raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+        return value
+
+    return parse

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 from genaug.v1 import sampler_pb2, sampler_pb2_grpc
-from services.common.entrypoint import service_main
+from services.common.entrypoint import at_least_zero, service_main
+from services.common.result_cache import DEFAULT_MAX_BYTES
 from services.common.server import ModelServer, TypedService
 from services.sampler.backend import SamplerBackend
 from services.sampler.engine import ContinuousBatchingEngine
 from services.sampler.kserve_models import sync_models
 from services.sampler.limits import RequestLimits
-from services.sampler.result_cache import DEFAULT_MAX_BYTES
 from services.sampler.servicer import SamplerServicer, generate_threads
 from services.sampler.watcher import RepositoryWatcher
 
@@ -140,13 +139,13 @@ def add_arguments(parser) -> None:
     )
     parser.add_argument(
         "--result-cache-entries",
-        type=_at_least_zero(int),
+        type=at_least_zero(int),
         default=256,
         help="finished results kept for retries with the same request id (default 256)",
     )
     parser.add_argument(
         "--result-cache-mib",
-        type=_at_least_zero(float),
+        type=at_least_zero(float),
         default=DEFAULT_MAX_BYTES / 2**20,
         help="most MiB those results may hold, decoded clips included; the oldest go first "
         f"(default {DEFAULT_MAX_BYTES >> 20})",
@@ -184,7 +183,7 @@ def add_arguments(parser) -> None:
     )
     parser.add_argument(
         "--repository-poll-s",
-        type=_at_least_zero(float),
+        type=at_least_zero(float),
         default=30.0,
         help="seconds between scans of the model repository for new generators and versions, "
         "loaded without a restart; 0 disables (default 30)",
@@ -195,16 +194,6 @@ def add_arguments(parser) -> None:
         default=3,
         help="classes of the seeded model used when ldm/ holds no weights",
     )
-
-
-def _at_least_zero(kind):
-    def parse(text: str):
-        value = kind(text)
-        if value < 0:
-            raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-        return value
-
-    return parse
 
 
 def main(argv: list[str] | None = None) -> int:

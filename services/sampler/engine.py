@@ -39,9 +39,9 @@ from genaug.errors import (
     Unavailable,
 )
 from services.common.memory import release_free_heap
+from services.common.result_cache import DEFAULT_MAX_BYTES, ResultCache
 from services.sampler import metrics
 from services.sampler.jobs import Failed, Finished, Job, Priority, Progress, Queued
-from services.sampler.result_cache import DEFAULT_MAX_BYTES, ResultCache
 
 logger = logging.getLogger(__name__)
 

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from genaug.v1 import sampler_pb2 as pb
+from services.common.result_cache import ResultCache
 from services.sampler.engine import ContinuousBatchingEngine
 from services.sampler.jobs import Finished
-from services.sampler.result_cache import ResultCache
 from tests.unit.test_sampler_engine import CountingSampler, outcome, submit
 
 
