@@ -6,9 +6,14 @@ import sys
 from pathlib import Path
 
 from genaug.v1 import condition_encoder_pb2, condition_encoder_pb2_grpc
-from services.common.entrypoint import service_main
+from services.common.entrypoint import at_least_zero, service_main
 from services.common.server import ModelServer, TypedService
-from services.condition_encoder.encoder import IMAGE_ENCODERS, ConditionEncoder, EncoderLimits
+from services.condition_encoder.encoder import (
+    DEFAULT_TEXT_CACHE_BYTES,
+    IMAGE_ENCODERS,
+    ConditionEncoder,
+    EncoderLimits,
+)
 from services.condition_encoder.model import ImagePriorModel, TextEmbeddingModel
 from services.condition_encoder.servicer import ConditionEncoderServicer
 from services.models.onnx_session import add_runtime_argument
@@ -23,6 +28,7 @@ def build_server(
     image_batch: int | None = None,
     limits: EncoderLimits | None = None,
     runtime: str = "auto",
+    text_cache_bytes: int = DEFAULT_TEXT_CACHE_BYTES,
 ) -> ModelServer:
     """The condition encoder server for `config` (used by main and by the tests)."""
     encoder = ConditionEncoder(
@@ -35,6 +41,7 @@ def build_server(
         image_batch,
         limits=limits,
         runtime=runtime,
+        text_cache_bytes=text_cache_bytes,
     )
     typed = TypedService(
         condition_encoder_pb2.DESCRIPTOR.services_by_name["ConditionEncoder"].full_name,
@@ -89,6 +96,13 @@ def add_arguments(parser) -> None:
         default=defaults.max_texts,
         help=f"captions per text request (default {defaults.max_texts})",
     )
+    g.add_argument(
+        "--text-cache-mib",
+        type=at_least_zero(int),
+        default=DEFAULT_TEXT_CACHE_BYTES >> 20,
+        help="MiB of text embeddings kept per caption, so repeated captions skip the forward "
+        f"(default {DEFAULT_TEXT_CACHE_BYTES >> 20}; 0: none)",
+    )
 
 
 def _build(config, args) -> ModelServer:
@@ -102,6 +116,7 @@ def _build(config, args) -> ModelServer:
         args.image_batch,
         limits,
         args.runtime,
+        args.text_cache_mib << 20,
     )
 
 

@@ -4,6 +4,11 @@ One `ConditionEncoder` serves both the open-inference models and the typed RPCs,
 return the same bytes. Compute is serialised by one lock (concurrent forwards only thrash a
 small CPU) taken per micro-batch, so a short text request waits for at most one image batch;
 the caller's deadline is checked before every batch.
+
+Text embeddings are kept per caption (an LRU bounded in entries and bytes): augmentation jobs
+send a handful of per-class captions with every request, and each embedding is a pure function
+of the caption and the loaded text model, so a repeat costs a lookup instead of a forward that
+would compete for the cores with the sampler's steps.
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ import torch
 from genaug.compute_lane import LANE
 from genaug.deadline import Deadline
 from genaug.errors import GenaugError, InvalidArgument
+from services.common.result_cache import ResultCache
+from services.condition_encoder import metrics
 from services.models.generators import generator_dir
 from services.models.medsam import (
     PRIOR_SHAPE,
@@ -35,6 +42,8 @@ logger = logging.getLogger(__name__)
 # <model-dir>/text/projection.safetensors: the trained 384 (or 768) -> D text projection.
 PROJECTION_FILE = Path("text") / "projection.safetensors"
 IMAGE_ENCODERS = ("litemedsam", "medsam_vit_b")
+DEFAULT_TEXT_CACHE_ENTRIES = 1024
+DEFAULT_TEXT_CACHE_BYTES = 32 << 20  # about 680 MiniLM captions of (32, 384) float32
 
 
 @dataclass(frozen=True)
@@ -71,6 +80,8 @@ class ConditionEncoder:
         device: "auto", "cpu", "cuda", ...
         image_batch: Frames per image forward (None: the encoder's default, 8 / 2).
         text_batch: Captions per text forward.
+        text_cache_entries / text_cache_bytes: bounds of the per-caption embedding cache
+            (0 entries: no cache).
         limits: Request limits.
         runtime: Image prior runtime: "auto" (onnxruntime for litemedsam on the CPU when
             installed, else torch), "torch", or "onnxruntime" (CPU only). On onnxruntime the
@@ -89,6 +100,8 @@ class ConditionEncoder:
         device: str = "auto",
         image_batch: int | None = None,
         text_batch: int = 64,
+        text_cache_entries: int = DEFAULT_TEXT_CACHE_ENTRIES,
+        text_cache_bytes: int = DEFAULT_TEXT_CACHE_BYTES,
         limits: EncoderLimits | None = None,
         runtime: str = "auto",
         onnx_cache: Path | None = None,
@@ -107,6 +120,9 @@ class ConditionEncoder:
         self.device = device
         self.image_batch = image_batch
         self.text_batch = max(1, text_batch)
+        self._text_cache: ResultCache[np.ndarray] = ResultCache(
+            lambda embedding: embedding.nbytes, text_cache_entries, text_cache_bytes
+        )
         self.limits = limits or EncoderLimits()
         if runtime not in RUNTIMES:
             raise ValueError(f"unknown runtime {runtime!r}; choose one of {RUNTIMES}")
@@ -280,8 +296,16 @@ class ConditionEncoder:
         """Captions (UTF-8) -> embeddings float32 (N,L,D); "" is the unconditional caption."""
         captions = self.decode_texts(texts, field)
         deadline = deadline or Deadline.none()
-        parts = []
-        for start in range(0, len(captions), self.text_batch):
-            chunk = captions[start : start + self.text_batch]
-            parts.append(LANE.run_within(deadline, "text embedding", self.text.encode, chunk))
-        return np.ascontiguousarray(np.concatenate(parts).astype(np.float32, copy=False))
+        known = {c: e for c in set(captions) if (e := self._text_cache.get(c)) is not None}
+        missing = [c for c in dict.fromkeys(captions) if c not in known]  # unique, in order
+        for start in range(0, len(missing), self.text_batch):
+            chunk = missing[start : start + self.text_batch]
+            computed = LANE.run_within(deadline, "text embedding", self.text.encode, chunk)
+            for caption, embedding in zip(chunk, computed, strict=True):
+                embedding = np.array(embedding, np.float32)  # its own buffer, not the batch's
+                embedding.flags.writeable = False  # shared by every later request
+                known[caption] = embedding
+                self._text_cache.put(caption, embedding)
+        metrics.TEXT_EMBEDDINGS.labels("computed").inc(len(missing))
+        metrics.TEXT_EMBEDDINGS.labels("cache").inc(len(captions) - len(missing))
+        return np.stack([known[c] for c in captions])

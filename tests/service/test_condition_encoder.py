@@ -6,6 +6,8 @@ image-prior tests encode two more (one per API).
 
 from __future__ import annotations
 
+import argparse
+
 import grpc
 import numpy as np
 import pytest
@@ -206,3 +208,55 @@ def test_the_deadline_is_checked_between_batches(tmp_path):
     assert calls == ["text embedding", "text embedding"]  # stopped before the second batch
     with pytest.raises(DeadlineExceeded):
         encoder.encode_text(["late"], Deadline(timeout=-1))
+
+
+def _counting_text_encoder(encoder: ConditionEncoder) -> list[list[str]]:
+    """Record the captions of every forward the encoder's (real) text model runs."""
+    forwards: list[list[str]] = []
+    real = encoder.text.encode
+
+    def encode(texts):
+        forwards.append(list(texts))
+        return real(texts)
+
+    encoder.text.encode = encode
+    return forwards
+
+
+def test_a_repeated_caption_is_embedded_once(tmp_path):
+    encoder = ConditionEncoder(tmp_path, device="cpu")
+    encoder.load_text()
+    forwards = _counting_text_encoder(encoder)
+    uncached = ConditionEncoder(tmp_path, device="cpu", text_cache_entries=0)
+    uncached.load_text()
+
+    first = encoder.encode_text(["a", "b", "a"])
+    second = encoder.encode_text(["b", "c"])
+    assert forwards == [["a", "b"], ["c"]]  # unique captions only, and each only once
+    np.testing.assert_array_equal(first[0], first[2])
+    np.testing.assert_array_equal(second[0], first[1])
+    np.testing.assert_allclose(second, uncached.encode_text(["b", "c"]), atol=1e-5)
+    assert second.flags.writeable  # the caller's own array, not the cache's
+    second[:] = 0
+    np.testing.assert_array_equal(encoder.encode_text(["b"])[0], first[1])
+
+
+def test_the_text_cache_keeps_within_its_bytes(tmp_path):
+    one = 32 * 384 * 4  # a MiniLM caption's (32, 384) float32 embedding
+    encoder = ConditionEncoder(tmp_path, device="cpu", text_cache_bytes=one)
+    encoder.load_text()
+    forwards = _counting_text_encoder(encoder)
+    encoder.encode_text(["a", "b"])
+    encoder.encode_text(["b"])  # the most recent one is kept
+    encoder.encode_text(["a"])  # the older one was evicted: computed again
+    assert forwards == [["a", "b"], ["a"]]
+
+
+def test_the_text_cache_size_is_a_flag():
+    from services.condition_encoder.__main__ import add_arguments
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    assert parser.parse_args(["--text-cache-mib", "0"]).text_cache_mib == 0
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--text-cache-mib", "-1"])
