@@ -2,13 +2,15 @@
 
 The demo's job (`clients/demo.py`: the bundled Phantom dataset and generator, the five services
 as local processes, sampling settings from the generator's `sampling.json`, concurrency 4,
-filter on, report written) with fewer clips per class, run three ways against the same cluster:
+filter on, report written) with fewer clips per class, run three ways:
 
 - **conditions fetched**: a fresh output folder, as `make demo` runs the first time: priors
   and motion come from the condition encoder and the motion extractor;
 - **conditions cached**: a fresh output folder holding the first run's condition cache, as a
   re-run or a second job on the same references does;
-- **2 sampler replicas**: the cached job spread over two sampler processes (same concurrency).
+- **2 sampler replicas**: the cached job spread over two sampler processes (same concurrency),
+  on a cluster of its own whose replicas split the cores (`LocalCluster`), against the first
+  two ways' cluster of one replica on every core, as `make demo` runs.
 
 Each job records where its time went (`clients.augment.spans`: conditions, the sampler's own
 account of queueing, sampling and decoding, transport, filtering, writing) in its
@@ -17,11 +19,11 @@ class ids, seeds, steps, guidance and solver) at the engine's batch size: the sa
 `SequenceSampler.generate` per batch, then the generator's VAE decode of each clip, in this
 process on `--threads` threads. The samplers run with their result cache off, so a job re-run
 with the same request ids is computed again. Rounds of (cached job, in-process) are
-interleaved, the first round also running the two-replica job; figures are medians over
-rounds. The section runs 4 of the demo's 10 clips per class (12 clips: three full batches)
-to fit its 4 minutes. The same run measures every service's RSS for `benchmarks.memory`.
+interleaved; figures are medians over rounds. The section runs 4 of the demo's 10 clips per
+class (12 clips: three full batches) to fit its 4 minutes. The same run measures every
+service's RSS for `benchmarks.memory` (the second replica's on the two-replica cluster).
 
-    python -m benchmarks.augment [--per-class 4] [--rounds 2]
+    python -m benchmarks.augment [--per-class 4] [--rounds 3] [--replica-rounds 1]
 """
 
 from __future__ import annotations
@@ -208,45 +210,55 @@ def run(
     steps: int | None = None,
     replica_rounds: int = 1,
 ) -> dict:
-    """The fetched job, then `rounds` rounds of (cached job, in-process), the first
-    `replica_rounds` of them also running the cached job on two replicas."""
+    """On one sampler replica (the demo's cluster): the fetched job, then `rounds` rounds of
+    (cached job, in-process); then, on a cluster of two replicas that split the cores,
+    `replica_rounds` cached jobs. The clusters are separate because a replica's threads are
+    set when it starts: a lone sampler on a two-replica cluster has half the cores' threads."""
     began = time.perf_counter()
     machine = machine_facts()
     with tempfile.TemporaryDirectory(prefix="bench-augment-") as tmp:
         work = Path(tmp)
         data = ensure_bundled_dataset(work / "data")
         n_classes = len(layout.load_dataset(data, PHANTOM_NAME, "train").classes)
-        with start_cluster(work / "logs", 2, device, n_classes) as cluster:
+
+        def options(name: str, cluster: LocalCluster) -> AugmentOptions:
+            samplers = cluster.sampler_targets()
+            return demo_job_options(data, work / name, cluster, samplers, per_class, steps)
+
+        with start_cluster(work / "logs-1", 1, device, n_classes) as cluster:
             started = time.perf_counter() - began
             monitor = memory.RssMonitor(cluster.pids()).start()
             monitor.phase("rest")
             time.sleep(memory.REST_SECONDS)
-            samplers = cluster.sampler_targets()
-
-            def options(name: str, replicas: int) -> AugmentOptions:
-                return demo_job_options(
-                    data, work / name, cluster, samplers[:replicas], per_class, steps
-                )
-
             monitor.phase("load")
-            fetched = _job(options("fetched", 1), cluster)
+            fetched = _job(options("fetched", cluster), cluster)
             monitor.phase("in-process setup")
             local = InProcess(device, threads)
-            routed = local.requests(options("fetched", 1), work / "fetched")
+            routed = local.requests(options("fetched", cluster), work / "fetched")
             measured = []
             for r in range(rounds):  # interleaved, so the machine's noise hits all alike
                 one_round = {}
                 monitor.phase("load")
-                one_round["cached"] = _job(options(f"cached-{r}", 1), cluster, work / "fetched")
+                cached = _job(options(f"cached-{r}", cluster), cluster, work / "fetched")
+                one_round["cached"] = cached
                 monitor.phase("in-process")
                 one_round["in_process"] = local.run(routed)
-                if r < replica_rounds:
-                    monitor.phase("load")
-                    two = _job(options(f"two-replicas-{r}", 2), cluster, work / "fetched")
-                    one_round["two_replicas"] = two
                 measured.append(one_round)
             monitor.phase("after")
             rss = monitor.stop()
+        replicas = []
+        if replica_rounds:
+            with start_cluster(work / "logs-2", 2, device, n_classes) as cluster:
+                monitor = memory.RssMonitor(cluster.pids()).start()
+                monitor.phase("rest")
+                time.sleep(memory.REST_SECONDS)
+                for r in range(replica_rounds):
+                    monitor.phase("load")
+                    name = f"two-replicas-{r}"
+                    replicas.append(_job(options(name, cluster), cluster, work / "fetched"))
+                monitor.phase("after")
+                two = monitor.stop()["processes"]
+            rss["processes"] |= {k: v for k, v in two.items() if k not in rss["processes"]}
     settings = {
         "per_class": per_class,
         "clips": len(routed),
@@ -266,7 +278,8 @@ def run(
         "cluster_start_seconds": round(started, 1),
         "conditions_fetched": fetched,
         "rounds": measured,
-        **summarise(fetched, measured, len(routed)),
+        "two_replicas": replicas,
+        **summarise(fetched, measured, replicas, len(routed)),
         "memory": rss
         | {"load": f"the augment section's jobs ({len(routed)} clips, {settings['steps']} steps)"},
         "seconds": round(time.perf_counter() - began, 1),
@@ -277,15 +290,13 @@ def run(
     return results
 
 
-def summarise(fetched: dict, rounds: list[dict], clips: int) -> dict:
+def summarise(fetched: dict, rounds: list[dict], replicas: list[dict], clips: int) -> dict:
     """Ratios, clips per minute, shares of wall time, and the profile of the cached job
-    against in-process sampling (medians over rounds)."""
+    against in-process sampling (medians over rounds); two replicas against one as the ratio
+    of their median walls (`replicas` empty: not measured)."""
     in_process = median([r["in_process"]["seconds"] for r in rounds])
     cached = median([r["cached"]["wall_seconds"] for r in rounds])
-    paired = [r for r in rounds if "two_replicas" in r]
-    two = median([r["two_replicas"]["wall_seconds"] for r in paired])
-    replica_gain = median([r["cached"]["wall_seconds"] / r["two_replicas"]["wall_seconds"]
-                           for r in paired])  # fmt: skip
+    two = median([job["wall_seconds"] for job in replicas]) if replicas else None
     step_ratio = median(
         [r["cached"]["engine"]["mean_step_seconds"] / r["in_process"]["mean_step_seconds"]
          for r in rounds]
@@ -296,18 +307,18 @@ def summarise(fetched: dict, rounds: list[dict], clips: int) -> dict:
         "ratios": {
             "fetched_over_in_process": fetched["wall_seconds"] / in_process,
             "cached_over_in_process": cached / in_process,
-            "two_over_one_replica_throughput": replica_gain,
+            "two_over_one_replica_throughput": cached / two if two else None,
         },
         "clips_per_minute": {
             "conditions_fetched": 60 * clips / fetched["wall_seconds"],
             "conditions_cached": 60 * clips / cached,
-            "two_replicas": 60 * clips / two,
+            "two_replicas": 60 * clips / two if two else None,
             "in_process": 60 * clips / in_process,
         },
         "share_of_wall": {
             "conditions fetched": fetched["share_of_wall"],
             "conditions cached": _median_shares(cached_jobs),
-            "2 replicas": _median_shares([r["two_replicas"] for r in paired]),
+            "2 replicas": _median_shares(replicas) if replicas else {},
         },
         "fetched_floor": fetched_floor(fetched, rounds),
         # Why the cached job takes longer than in-process sampling of the same clips.
@@ -363,7 +374,7 @@ def _shares_note(shares: dict[str, float]) -> str:
 def _section(settings: BenchSettings) -> list[Row]:
     # 4 per class: 12 clips, three full batches; the demo's 10 per class would take the
     # section past its 4 minutes.
-    per_class, rounds, steps = (1, 1, 2) if settings.quick else (4, 2, None)
+    per_class, rounds, steps = (1, 1, 2) if settings.quick else (4, 3, None)
     results = run(
         per_class, rounds, Path(settings.out_dir), settings.device, settings.threads, steps
     )
@@ -421,7 +432,8 @@ def _section(settings: BenchSettings) -> list[Row]:
             "2 / 1 sampler replicas clips/min",
             ratios["two_over_one_replica_throughput"],
             "x",
-            note=f"conditions cached, same concurrency; {_shares_note(shares['2 replicas'])}",
+            note=f"conditions cached, same concurrency, the replicas splitting the cores; "
+            f"{_shares_note(shares['2 replicas'])}",
         ),
     ]
     for category in CATEGORIES:
@@ -436,19 +448,29 @@ SECTION = Section("augment", "End-to-end batch augmentation vs in-process sampli
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--per-class", type=int, default=4)
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--steps", type=int, help="default: the generator's sampling.json")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--replica-rounds", type=int, default=1, help="two-replica jobs (0: none)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
-    results = run(args.per_class, args.rounds, args.out, args.device, args.threads, args.steps)
+    results = run(
+        args.per_class,
+        args.rounds,
+        args.out,
+        args.device,
+        args.threads,
+        args.steps,
+        args.replica_rounds,
+    )
     print(f"machine: {results['machine']}")
     print(f"settings: {results['settings']}; {results['seconds']}s")
     for name, value in results["clips_per_minute"].items():
-        print(f"clips/min {name:<20} {value:.1f}")
+        shown = f"{value:.1f}" if value is not None else "not run"
+        print(f"clips/min {name:<20} {shown}")
     for name, value in results["ratios"].items():
-        print(f"{name:<34} {value:.2f}x")
+        print(f"{name:<34} {value:.2f}x" if value is not None else f"{name:<34} not run")
     print(f"profile of the cached job: {results['profile']}")
     for name, shares in results["share_of_wall"].items():
         print(f"share of wall, {name}: {_shares_note(shares)}")
