@@ -214,6 +214,20 @@ def throughput(latencies: list[float], done: float, window_s: float) -> dict:
     }
 
 
+def level_rounds(concurrency: int, order: list[str]) -> list[list[str]]:
+    """The rounds of a concurrency level, each the variants in the order they run.
+
+    Few clients finish few requests at concurrency 1 and 2: short rounds in every order, so
+    the ratio is not one sample of the machine's noise or of its drift. At the level where the
+    target is held, `HELD_ROUNDS` rotations, each variant once in each place. Elsewhere one.
+    """
+    if concurrency <= 2:
+        return [list(p) for p in itertools.permutations(order)]
+    if concurrency == HELD_CONCURRENCY:
+        return [order[k:] + order[:k] for k in range(HELD_ROUNDS)]
+    return [list(order)]
+
+
 def round_ratios(runs: list[dict], baseline: list[dict]) -> list[float]:
     """Each round's work in the window against the baseline variant's in the same round."""
     return [
@@ -251,13 +265,8 @@ def run(
     per_level: dict[int, dict[str, dict]] = {}
     for level, c in enumerate(concurrency):
         order = names[level % len(names) :] + names[: level % len(names)]
-        # Few clients finish few requests: short rounds in every order of the variants, so
-        # that the ratio is not one sample of the machine's noise or of its drift.
-        low = c <= 2
-        rounds = list(itertools.permutations(order)) if low else [order]
-        if c == HELD_CONCURRENCY:
-            rounds = [order[k:] + order[:k] for k in range(HELD_ROUNDS)]
-        window = window_s * LOW_LEVEL_WINDOW_S / WINDOW_S if low else window_s
+        rounds = level_rounds(c, order)
+        window = window_s * LOW_LEVEL_WINDOW_S / WINDOW_S if c <= 2 else window_s
         measured: dict[str, list[dict]] = {name: [] for name in names}
         for round_order in rounds:
             for name in round_order:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import pytest
@@ -87,3 +88,16 @@ def test_run_clients_runs_them_at_once_and_raises_a_clients_error_after_all_ende
         run_clients(3, client)
     assert sorted(ended) == [0, 1, 2]
     assert run_clients(2, lambda i: None) >= 0
+
+
+def test_batching_levels_take_every_order_low_three_rotations_held_and_one_round_else():
+    from benchmarks.batching import HELD_CONCURRENCY, level_rounds
+
+    order = ["a", "b", "c"]
+    low = level_rounds(1, order)
+    assert len(low) == 6 and {tuple(r) for r in low} == set(itertools.permutations(order))
+    held = level_rounds(HELD_CONCURRENCY, order)
+    assert held == [["a", "b", "c"], ["b", "c", "a"], ["c", "a", "b"]]
+    for place in range(3):  # each variant once in each place
+        assert sorted(r[place] for r in held) == order
+    assert level_rounds(16, order) == [order]
