@@ -227,9 +227,7 @@ def run(
 
         with start_cluster(work / "logs-1", 1, device, n_classes) as cluster:
             started = time.perf_counter() - began
-            monitor = memory.RssMonitor(cluster.pids()).start()
-            monitor.phase("rest")
-            time.sleep(memory.REST_SECONDS)
+            monitor = memory.RssMonitor(cluster.pids()).start_at_rest()
             monitor.phase("load")
             fetched = _job(options("fetched", cluster), cluster)
             monitor.phase("in-process setup")
@@ -249,9 +247,7 @@ def run(
         replicas = []
         if replica_rounds:
             with start_cluster(work / "logs-2", 2, device, n_classes) as cluster:
-                monitor = memory.RssMonitor(cluster.pids()).start()
-                monitor.phase("rest")
-                time.sleep(memory.REST_SECONDS)
+                monitor = memory.RssMonitor(cluster.pids()).start_at_rest()
                 for r in range(replica_rounds):
                     monitor.phase("load")
                     name = f"two-replicas-{r}"
@@ -467,10 +463,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"machine: {results['machine']}")
     print(f"settings: {results['settings']}; {results['seconds']}s")
     for name, value in results["clips_per_minute"].items():
-        shown = f"{value:.1f}" if value is not None else "not run"
-        print(f"clips/min {name:<20} {shown}")
+        print(f"clips/min {name:<20} " + ("not run" if value is None else f"{value:.1f}"))
     for name, value in results["ratios"].items():
-        print(f"{name:<34} {value:.2f}x" if value is not None else f"{name:<34} not run")
+        print(f"{name:<34} " + ("not run" if value is None else f"{value:.2f}x"))
     print(f"profile of the cached job: {results['profile']}")
     for name, shares in results["share_of_wall"].items():
         print(f"share of wall, {name}: {_shares_note(shares)}")

@@ -65,7 +65,8 @@ VARIANTS = {
 BACKGROUND = 16  # batch requests keeping the engine full while the interactive one runs
 TARGET_CPU, TARGET_GPU, TARGET_PRIORITY = 1.4, 4.0, 1.5
 WINDOW_S = 8.0  # each variant's measurement window per round
-LOW_LEVEL_WINDOW_S = 2.0  # per round at concurrency 1 and 2 (a round per order of the variants)
+LOW_LEVEL_MAX_CONCURRENCY = 2  # at and below: short rounds, one per order of the variants
+LOW_LEVEL_WINDOW_S = 2.0  # per round at those levels
 HELD_CONCURRENCY = 8  # the level the issue's >= 1.4x (CPU) / >= 4x (GPU) target is held at
 HELD_ROUNDS = 3  # its rounds, each variant once in each place: one noisy window is not a verdict
 
@@ -221,7 +222,7 @@ def level_rounds(concurrency: int, order: list[str]) -> list[list[str]]:
     the ratio is not one sample of the machine's noise or of its drift. At the level where the
     target is held, `HELD_ROUNDS` rotations, each variant once in each place. Elsewhere one.
     """
-    if concurrency <= 2:
+    if concurrency <= LOW_LEVEL_MAX_CONCURRENCY:
         return [list(p) for p in itertools.permutations(order)]
     if concurrency == HELD_CONCURRENCY:
         return [order[k:] + order[:k] for k in range(HELD_ROUNDS)]
@@ -262,11 +263,12 @@ def run(
     with tempfile.TemporaryDirectory(prefix="bench-batching-") as tmp:
         load = Workload(Path(tmp), device, threads, step_mix)
     names = list(VARIANTS)
+    low_level_window_s = window_s * LOW_LEVEL_WINDOW_S / WINDOW_S
     per_level: dict[int, dict[str, dict]] = {}
     for level, c in enumerate(concurrency):
         order = names[level % len(names) :] + names[: level % len(names)]
         rounds = level_rounds(c, order)
-        window = window_s * LOW_LEVEL_WINDOW_S / WINDOW_S if c <= 2 else window_s
+        window = low_level_window_s if c <= LOW_LEVEL_MAX_CONCURRENCY else window_s
         measured: dict[str, list[dict]] = {name: [] for name in names}
         for round_order in rounds:
             for name in round_order:
@@ -297,7 +299,7 @@ def run(
             "threads": threads,
             "batch": BATCH,
             "window_s": window_s,
-            "low_level_window_s": window_s * LOW_LEVEL_WINDOW_S / WINDOW_S,
+            "low_level_window_s": low_level_window_s,
             "low_level_rounds": math.factorial(len(VARIANTS)),
             "held_level_rounds": HELD_ROUNDS,
             "step_mix": list(step_mix),

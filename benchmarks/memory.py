@@ -75,6 +75,12 @@ class RssMonitor:
         self._thread.start()
         return self
 
+    def start_at_rest(self, seconds: float = REST_SECONDS) -> RssMonitor:
+        """Start, and sample `seconds` of the "rest" phase before returning."""
+        self.start().phase("rest")
+        time.sleep(seconds)
+        return self
+
     def phase(self, name: str) -> None:
         with self._lock:
             self._phase = name
@@ -130,9 +136,7 @@ def measure_own_load(per_class: int, steps: int, work: Path) -> dict:
 
     data = ensure_bundled_dataset(work / "data")
     with start_cluster(work / "logs", replicas=1) as cluster:
-        monitor = RssMonitor(cluster.pids()).start()
-        monitor.phase("rest")
-        time.sleep(REST_SECONDS)
+        monitor = RssMonitor(cluster.pids()).start_at_rest()
         monitor.phase("load")
         samplers = cluster.sampler_targets()
         run_job(demo_job_options(data, work / "job", cluster, samplers, per_class, steps))
