@@ -47,6 +47,20 @@ def request_id(item: WorkItem, conditions, settings: GenerationSettings) -> str:
     return f"{item.id}.{digest.hexdigest()[:12]}"
 
 
+def conditions_of(source_clip: str, conditions: Callable[[str], object], spans: Spans):
+    """The sampler's `Conditions` of a reference clip, riding out a restart of the services
+    that compute them (`until_available`), its time recorded as the `conditions` stage.
+
+    Raises:
+        JobFailed: they could not be had (the service's error, naming the clip).
+    """
+    try:
+        with spans.span("conditions"):
+            return until_available(lambda: conditions(source_clip), f"conditions of {source_clip}")
+    except GenAugError as error:
+        raise JobFailed(f"conditions of {source_clip}: {error}") from None
+
+
 def generate_all(
     items: list[WorkItem],
     out,
@@ -72,13 +86,7 @@ def generate_all(
     def one(item: WorkItem) -> None:
         if stop.is_set():
             return
-        try:
-            with spans.span("conditions"):
-                message = until_available(
-                    lambda: conditions(item.source_clip), f"conditions of {item.source_clip}"
-                )
-        except GenAugError as error:
-            raise JobFailed(f"conditions of {item.source_clip}: {error}") from None
+        message = conditions_of(item.source_clip, conditions, spans)
         rid = request_id(item, message, settings)
 
         def call(client) -> tuple[GeneratedClip, float]:

@@ -5,12 +5,14 @@ and each resumes from the shard's manifest (`clients.augment.manifest`):
 
 1. `open_shard`: plan the job (`plan_job`), check it against `job.json`, open the manifest;
 2. `resume_state`: what the manifest says is finished (pool files it lost are adopted);
-3. `generate_phase`: every missing work item into the pool, with the references' conditions
+3. `conditions_phase`: where the services computing the references' conditions share the
+   sampler's cores, all of them first (`clients.augment.schedule`);
+4. `generate_phase`: every missing work item into the pool, with the references' conditions
    (`open_references`);
-4. `filter_phase`: the pool's verdicts, asked of the filter once and recorded
+5. `filter_phase`: the pool's verdicts, asked of the filter once and recorded
    (`clients.augment.filtering`); with job-scope filtering a shard may wait for the others;
-5. `write_phase`: the kept clips written, the metadata rebuilt from every shard's manifest;
-6. `finish`: the report and the `done` event.
+6. `write_phase`: the kept clips written, the metadata rebuilt from every shard's manifest;
+7. `finish`: the report and the `done` event.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from clients.augment.preflight import Generator, GeneratorPlan, dataset_name
 from clients.augment.progress import Progress
 from clients.augment.references import ReferenceConditions
 from clients.augment.replicas import JobFailed, ReplicaPool
+from clients.augment.schedule import conditions_first, fetch_conditions
 from clients.augment.spans import Spans, timings_path, write_timings
 from clients.rpc.channel import open_channel
 from clients.rpc.encoder import ConditionEncoderClient
@@ -230,8 +233,12 @@ def run_job(
     todo = [w for w in p.items if w.id not in state.generated]
     description = f"augment {p.name} shard {o.shard_index}/{o.shard_count}"
     with Progress(description, len(p.items), len(p.items) - len(todo), o.progress) as progress:
-        with spans.phase("generation"):
-            generation = generate_phase(shard, todo, progress, sampler_pool, spans)
+        with open_references(shard) as references:
+            if todo and conditions_first(o):
+                with spans.phase("conditions"):
+                    conditions_phase(o, todo, references, progress, spans)
+            with spans.phase("generation"):
+                generation = generate_phase(shard, todo, progress, references, sampler_pool, spans)
         with spans.phase("filtering"):
             pool, waiting_for = filter_phase(shard, state.filtered, filter_client)
         if pool is not None:
@@ -317,11 +324,40 @@ def resume_state(shard: Shard) -> ShardState:
     return state
 
 
+def conditions_phase(
+    o: AugmentOptions,
+    todo: list[WorkItem],
+    references: ReferenceConditions,
+    progress: Progress,
+    spans: Spans,
+) -> None:
+    """The conditions of every reference of `todo`, before any of its clips is sampled
+    (`clients.augment.schedule`: where the services computing them share the sampler's cores).
+
+    Raises:
+        JobFailed: a reference's conditions could not be had (nothing was sampled).
+    """
+    began = time.perf_counter()
+    count = fetch_conditions(todo, references, o.concurrency, spans, progress.conditions_fetched)
+    logger.info(
+        "conditions of %d reference clips in %.1fs, before sampling (--conditions-schedule %s)",
+        count,
+        time.perf_counter() - began,
+        o.conditions_schedule,
+    )
+
+
 def generate_phase(
-    shard: Shard, todo: list[WorkItem], progress: Progress, replicas=None, spans=None
+    shard: Shard,
+    todo: list[WorkItem],
+    progress: Progress,
+    references: ReferenceConditions,
+    replicas=None,
+    spans=None,
 ) -> Generation:
-    """Generate `todo` into the pool; `replicas` replaces the sampler replicas of `--sampler`;
-    `spans` (`clients.augment.spans.Spans`) records where the time went.
+    """Generate `todo` into the pool, with each reference's conditions from `references`;
+    `replicas` replaces the sampler replicas of `--sampler`; `spans`
+    (`clients.augment.spans.Spans`) records where the time went.
 
     Raises:
         JobFailed: an item failed for good (the items finished before it stay in the pool).
@@ -332,7 +368,7 @@ def generate_phase(
     settings = GenerationSettings(
         o.steps, o.guidance, o.solver, o.deadline, o.max_attempts, o.model or ""
     )
-    with open_references(shard) as references, _sampler_replicas(o, replicas) as samplers:
+    with _sampler_replicas(o, replicas) as samplers:
         seconds = generate_all(
             todo,
             shard.out,

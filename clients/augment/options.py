@@ -26,6 +26,7 @@ from genaug.ports import default_target
 FILTER_LEVELS = ("semantic", "sequential", "duplicates")
 FILTER_SCOPES = ("job", "shard")
 SEQUENTIAL_BANDS = ("pool", "class")
+SCHEDULES = ("auto", "first", "overlapped")  # of the conditions (clients.augment.schedule)
 TARGET = "target"  # --per-class, --multiplier and --balance: one choice, flags or YAML
 CONNECTIONS = "connections (every service)"
 
@@ -96,6 +97,14 @@ class AugmentOptions:
         default_target("filter"), help="filter address (default {default})"
     )
     concurrency: int = setting(4, help="generations in flight (default 4)")
+    conditions_schedule: str = setting(
+        "auto",
+        choices=SCHEDULES,
+        help="first: every reference's conditions before sampling starts; overlapped: each "
+        "when its clip's turn comes, while earlier clips sample; auto (default): first when "
+        "a service computing them and a sampler are both on this machine, whose cores they "
+        "would contend for (clients.augment.schedule)",
+    )
     deadline: float = setting(600.0, help="seconds per generation request (600)")
     max_attempts: int = setting(8, help="attempts per generation (default 8)")
     shard_index: int = setting(

@@ -142,6 +142,10 @@ def test_job_survives_the_fault(cluster, data, tmp_path, matrix, service, signal
         "--sampler", t["sampler"], b.targets()["sampler"],
         "--encoder", t["condition_encoder"], "--motion", t["motion_extractor"],
         "--filter", t["filter"],
+        # Each clip's conditions asked for as it goes out, so the encoder and the motion
+        # extractor are still in use when the first clip is in the pool (IN_USE_AFTER); on one
+        # machine the job would otherwise have them all before it.
+        "--conditions-schedule", "overlapped",
     ]  # fmt: skip
     began = time.monotonic()
     job = augment(args)

@@ -207,3 +207,19 @@ def test_an_empty_token_file_is_an_error(tmp_path):
     o = resolve(_parse([*argv, "--auth-token-file", str(tmp_path / "token")]), env={})
     with pytest.raises(ValueError, match="is empty"):
         channel_settings(o, env={})
+
+
+def test_conditions_schedule_defaults_to_auto_and_yaml_refuses_other_values(tmp_path):
+    base = ["--dataset-root", "d", "--out", "o", "--per-class", "2"]
+    assert resolve(_parse(base), env={}).conditions_schedule == "auto"
+    flag = resolve(_parse([*base, "--conditions-schedule", "first"]), env={})
+    assert flag.conditions_schedule == "first"
+    config = tmp_path / "job.yaml"
+    config.write_text("conditions_schedule: overlapped\n")
+    from_yaml = resolve(_parse([*base, "--config", str(config)]), env={})
+    assert from_yaml.conditions_schedule == "overlapped"
+    config.write_text("conditions_schedule: on\n")  # YAML reads `on` as true: not a schedule
+    with pytest.raises(ValueError, match="conditions"):
+        resolve(_parse([*base, "--config", str(config)]), env={})
+    with pytest.raises(SystemExit):
+        _parse([*base, "--conditions-schedule", "later"])
