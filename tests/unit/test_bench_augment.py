@@ -55,3 +55,11 @@ def test_without_the_replica_jobs_their_figures_are_missing_not_made_up():
     assert summary["ratios"]["two_over_one_replica_throughput"] is None
     assert summary["clips_per_minute"]["two_replicas"] is None
     assert summary["share_of_wall"]["2 replicas"] == {}
+    assert summary["ratios"]["fetched_overlapped_over_in_process"] is None
+
+
+def test_both_schedules_of_the_fetched_job_are_against_the_same_in_process_wall():
+    rounds = [_round(12.0, 10.0), _round(11.0, 9.0), _round(13.0, 11.0)]
+    summary = summarise(_job(20.0), rounds, [], clips=12, overlapped=_job(25.0))
+    assert summary["ratios"]["fetched_over_in_process"] == pytest.approx(2.0)
+    assert summary["ratios"]["fetched_overlapped_over_in_process"] == pytest.approx(2.5)
