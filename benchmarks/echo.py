@@ -31,6 +31,11 @@ class EchoServicer:
         # any stream of messages this size.
         yield from request_iterator
 
+    def echo_bytes_whole(self, request_iterator, context):
+        # The same, but every message is in before the first goes back, as a service that
+        # computes on the whole tensor answers (the chunk echo assembles it first).
+        yield from list(request_iterator)
+
 
 def _register_echo(servicer: EchoServicer, server: grpc.Server) -> None:
     handlers = {
@@ -48,6 +53,9 @@ def _register_echo(servicer: EchoServicer, server: grpc.Server) -> None:
         ),
         "EchoBytes": grpc.stream_stream_rpc_method_handler(
             servicer.echo_bytes, request_deserializer=None, response_serializer=None
+        ),
+        "EchoBytesWhole": grpc.stream_stream_rpc_method_handler(
+            servicer.echo_bytes_whole, request_deserializer=None, response_serializer=None
         ),
     }
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(ECHO_SERVICE, handlers),))
@@ -84,8 +92,10 @@ def echo_chunk_bytes_stub(channel: grpc.Channel):
     )
 
 
-def echo_bytes_stub(channel: grpc.Channel):
-    """The stream echo of opaque byte messages, each sent back as it arrives."""
+def echo_bytes_stub(channel: grpc.Channel, whole: bool = False):
+    """The stream echo of opaque byte messages, each sent back as it arrives (`whole`: once
+    every one has arrived)."""
+    method = "EchoBytesWhole" if whole else "EchoBytes"
     return channel.stream_stream(
-        f"/{ECHO_SERVICE}/EchoBytes", request_serializer=None, response_deserializer=None
+        f"/{ECHO_SERVICE}/{method}", request_serializer=None, response_deserializer=None
     )

@@ -13,6 +13,12 @@ format, no copies and no assembly. It is the ceiling of any chunk stream through
 this machine, so the distance from `chunk_stream` to it is the project's own cost (a copy per
 chunk each side) and the distance from it to raw TCP is gRPC's.
 
+The raw TCP and gRPC-bytes echoes send each piece back as it arrives, so both directions run
+at once. The chunk stream's echo cannot: it assembles the tensor before it answers, as any
+service that computes on a whole tensor does. `raw_tcp_whole` and `grpc_bytes_whole` are
+those two echoes answering once they have the whole payload (store and forward): what that
+costs before gRPC, and the ceiling of a chunk stream whose server needs the whole tensor.
+
     python -m benchmarks.transport --sizes-mib 16 64 --repeats 11
 """
 
@@ -53,8 +59,9 @@ class _EchoModel(Model):
         return {"x": inputs["x"]}
 
 
-def _raw_tcp_echo(payload: bytes) -> None:
-    """Send `payload` to a loopback echo thread and read it back."""
+def _raw_tcp_echo(payload: bytes, whole: bool = False) -> None:
+    """Send `payload` to a loopback echo thread and read it back: each piece is sent back as
+    it arrives, or (`whole`) once all of it has."""
     server = socket.socket()
     server.bind(("127.0.0.1", 0))
     server.listen(1)
@@ -62,11 +69,16 @@ def _raw_tcp_echo(payload: bytes) -> None:
     def serve():
         conn, _ = server.accept()
         with conn:
-            left = len(payload)
+            left, pieces = len(payload), []
             while left:
                 data = conn.recv(1 << 20)
-                conn.sendall(data)
+                if whole:
+                    pieces.append(data)
+                else:
+                    conn.sendall(data)
                 left -= len(data)
+            for data in pieces:
+                conn.sendall(data)
 
     thread = threading.Thread(target=serve)
     thread.start()
@@ -92,7 +104,9 @@ def _chunk_echo(chunk_bytes_stream, array: np.ndarray, chunk_bytes: int):
     return lambda: wire.assemble(chunk_bytes_stream(wire.iter_chunk_bytes("x", array, chunk_bytes)))
 
 
-def _variants(array: np.ndarray, unary, stream, chunk_bytes_stream, bytes_stream, tc) -> dict:
+def _variants(
+    array: np.ndarray, unary, stream, chunk_bytes_stream, bytes_stream, bytes_whole, tc
+) -> dict:
     import tritonclient.grpc as triton
 
     payload = array.tobytes()
@@ -106,6 +120,9 @@ def _variants(array: np.ndarray, unary, stream, chunk_bytes_stream, bytes_stream
 
     return {
         "raw_tcp": lambda: _raw_tcp_echo(payload),
+        # Store and forward: the echo has the whole payload before it answers, as the chunk
+        # stream's echo (it assembles the tensor first) and any service computing on it do.
+        "raw_tcp_whole": lambda: _raw_tcp_echo(payload, whole=True),
         "chunk_stream": _chunk_echo(chunk_bytes_stream, array, wire.DEFAULT_CHUNK_BYTES),
         # The chunk size, profiled: smaller chunks pay gRPC's cost per message more often,
         # larger ones copy more per message; 1 MiB (the default) is measured the best here.
@@ -114,6 +131,7 @@ def _variants(array: np.ndarray, unary, stream, chunk_bytes_stream, bytes_stream
             for label, chunk in OTHER_CHUNK_SIZES.items()
         },
         "grpc_bytes_stream": lambda: _grpc_bytes_echo(bytes_stream, pieces),
+        "grpc_bytes_whole": lambda: _grpc_bytes_echo(bytes_whole, pieces),
         "chunk_stream_messages": lambda: wire.assemble(stream(wire.iter_chunks("x", array))),
         "unary_message": lambda: wire.from_proto(unary(wire.to_proto(array))),
         "kserve_tritonclient": kserve,
@@ -135,11 +153,15 @@ def run(sizes_mib: list[int], repeats: int, out_dir: Path) -> dict:
             unary, stream = echo_stubs(channel)
             chunk_bytes_stream = echo_chunk_bytes_stub(channel)
             bytes_stream = echo_bytes_stub(channel)
+            bytes_whole = echo_bytes_stub(channel, whole=True)
             tc = triton.InferenceServerClient(f"127.0.0.1:{server.port}")
             for size in sizes_mib:
                 array = np.random.default_rng(0).integers(0, 255, size * MIB, dtype=np.uint8)
                 times = interleaved(
-                    _variants(array, unary, stream, chunk_bytes_stream, bytes_stream, tc), repeats
+                    _variants(
+                        array, unary, stream, chunk_bytes_stream, bytes_stream, bytes_whole, tc
+                    ),
+                    repeats,
                 )
                 base = median(times["raw_tcp"])
                 results["sizes"][f"{size}MiB"] = {
@@ -171,6 +193,7 @@ def _section(settings: BenchSettings) -> list[Row]:
     rows = []
     for size, per in results["sizes"].items():
         ceiling = per["grpc_bytes_stream"]["throughput_vs_raw_tcp"]
+        whole = per["grpc_bytes_whole"]["throughput_vs_raw_tcp"]
         chunk = per["chunk_stream"]["throughput_vs_raw_tcp"]
         rows.append(
             Row(
@@ -180,7 +203,8 @@ def _section(settings: BenchSettings) -> list[Row]:
                 "x",
                 f">= {TARGET}",
                 at_least(chunk, TARGET),
-                f"{chunk / ceiling:.2f} of gRPC's own ceiling",
+                f"{chunk / ceiling:.2f} of gRPC's own ceiling, {chunk / whole:.2f} of its "
+                "ceiling when the echo answers once it has the whole payload",
             )
         )
         rows.append(
@@ -190,6 +214,26 @@ def _section(settings: BenchSettings) -> list[Row]:
                 ceiling,
                 "x",
                 note="gRPC alone, opaque 1 MiB messages: the ceiling of any chunk stream",
+            )
+        )
+        rows.append(
+            Row(
+                "transport",
+                f"grpc_bytes_whole {size} / raw TCP",
+                whole,
+                "x",
+                note="the same, the echo answering once every message is in (store and "
+                "forward, as the chunk stream's echo must: it assembles the tensor first)",
+            )
+        )
+        rows.append(
+            Row(
+                "transport",
+                f"raw_tcp_whole {size} / raw TCP",
+                per["raw_tcp_whole"]["throughput_vs_raw_tcp"],
+                "x",
+                note="raw TCP, store and forward: what answering after the whole payload "
+                "costs before gRPC, against the raw echo that sends each piece back at once",
             )
         )
         ratio = per["kserve_tritonclient"]["throughput_vs_raw_tcp"]

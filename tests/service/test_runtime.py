@@ -70,6 +70,7 @@ def test_the_bytes_echo_returns_each_message_as_sent(channel):
     # The transport bench's ceiling: if it dropped or merged messages, the ceiling would lie.
     pieces = [bytes([i]) * (MIB if i < 3 else 7) for i in range(4)]
     assert list(echo_bytes_stub(channel)(iter(pieces), timeout=30)) == pieces
+    assert list(echo_bytes_stub(channel, whole=True)(iter(pieces), timeout=30)) == pieces
 
 
 def test_unary_message_over_the_limit_is_resource_exhausted(tmp_path):
