@@ -20,7 +20,6 @@ addresses), and overlaps them otherwise.
 from __future__ import annotations
 
 import ipaddress
-import logging
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -29,8 +28,6 @@ from clients.augment.generation import conditions_of
 from clients.augment.plan import WorkItem
 from clients.augment.replicas import JobFailed
 from clients.augment.spans import Spans
-
-logger = logging.getLogger(__name__)
 
 _SCHEMES = ("dns:///", "dns:", "ipv4:", "ipv6:")
 
