@@ -241,9 +241,7 @@ def run(
             # A first job in this process pays once for what later jobs find loaded (the
             # report's and the filter client's imports, about 2 s here): a short one first,
             # so that it falls on neither schedule of the fetched job.
-            run_job(
-                demo_job_options(data, work / "warm-up", cluster, cluster.sampler_targets(), 1, 2)
-            )
+            run_job(replace(options("warm-up", cluster), per_class=1, steps=2))
             fetched_options = options("fetched", cluster)
             schedule = "first" if conditions_first(fetched_options) else "overlapped"
             fetched = _job(fetched_options, cluster)
@@ -255,7 +253,7 @@ def run(
                 fetched_overlapped = _job(o, cluster)
             monitor.phase("in-process setup")
             local = InProcess(device, threads)
-            routed = local.requests(options("fetched", cluster), work / "fetched")
+            routed = local.requests(fetched_options, work / "fetched")
             measured = []
             for r in range(rounds):  # interleaved, so the machine's noise hits all alike
                 one_round = {}
