@@ -53,6 +53,10 @@ class Cancelled(GenaugError):
     """The caller cancelled or went away."""
 
 
+class PermissionDenied(GenaugError):
+    """The caller is known but may not do this (from where it calls, or with what it holds)."""
+
+
 class Unauthenticated(GenaugError):
     """No valid credentials came with the call."""
 

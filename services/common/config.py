@@ -78,6 +78,12 @@ class ServerConfig:
         "dynamic threshold. Default: 4 on CUDA, where activations are not on the host heap; "
         "0 on CPU, where it costs sampling time (python -m benchmarks.heap)",
     )
+    shared_memory: bool = setting(
+        True,
+        help="offer KServe v2 system shared memory (Triton's extension) to callers on this "
+        "host: tensors in /dev/shm objects they register skip gRPC's copies; callers from "
+        "other hosts get PERMISSION_DENIED (default on; --no-shared-memory turns it off)",
+    )
     device: str = setting("auto", help="torch device: auto (CUDA when present), cpu, cuda, cuda:N")
     log_level: str = setting("INFO", help="default INFO")
     extra: dict = setting({}, cli=False)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import grpc
 import numpy as np
@@ -26,6 +27,7 @@ from genaug.wire import (
 )
 from services.common.model import BYTES, Model, numpy_for_kserve
 from services.common.registration import add_handlers, generated_handlers
+from services.common.shared_memory import SharedMemoryRegistry, regions_for
 
 SERVICE_NAME = "inference.GRPCInferenceService"
 _CONTENTS_FIELD = {
@@ -44,27 +46,86 @@ _CONTENTS_FIELD = {
 }
 
 
-def _decode_input(request, index: int) -> tuple[np.ndarray, str]:
+@dataclass(frozen=True)
+class _Window:
+    """Where a tensor's bytes lie in a registered shared-memory region (its parameters)."""
+
+    region: str
+    offset: int
+    byte_size: int
+    field: str  # "<tensor>.parameters", for messages
+
+    @property
+    def size_field(self) -> str:
+        return f"{self.field}.shared_memory_byte_size"
+
+    def view(self, regions: Callable[[str], SharedMemoryRegistry]) -> memoryview:
+        region_field = f"{self.field}.shared_memory_region"
+        region = regions(region_field).region(self.region, region_field)
+        return region.view(self.offset, self.byte_size, self.size_field)
+
+
+def shared_memory_window(parameters, field: str) -> _Window | None:
+    """The shared-memory window a tensor's parameters name, or None when they name none."""
+    if "shared_memory_region" not in parameters:
+        return None
+    region = parameters["shared_memory_region"].string_param
+    if "shared_memory_byte_size" not in parameters:
+        raise InvalidArgument(
+            f"{field}.shared_memory_byte_size", "is required with shared_memory_region"
+        )
+    byte_size = _int_parameter(parameters["shared_memory_byte_size"])
+    offset = 0
+    if "shared_memory_offset" in parameters:
+        offset = _int_parameter(parameters["shared_memory_offset"])
+    for name, value in (("byte_size", byte_size), ("offset", offset)):
+        if value < 0:
+            raise InvalidArgument(f"{field}.shared_memory_{name}", f"must be >= 0, got {value}")
+    return _Window(region, offset, byte_size, field)
+
+
+def _int_parameter(parameter) -> int:
+    # tritonclient sends int64_param; uint64_param is as valid a way to say the same.
+    kind = parameter.WhichOneof("parameter_choice")
+    return parameter.uint64_param if kind == "uint64_param" else parameter.int64_param
+
+
+def _from_raw(tensor, raw, raw_field: str, shape: tuple[int, ...]) -> tuple[np.ndarray, str]:
+    """An input's array from its raw little-endian bytes (a view of them, not a copy)."""
+    field = f"inputs[{tensor.name}]"
+    if tensor.datatype == BYTES:
+        items = decode_bytes_elements(raw, math.prod(shape), raw_field)
+        return np.array(items, dtype=object).reshape(shape), BYTES
+    dtype = numpy_for_kserve(tensor.datatype, f"{field}.datatype")
+    want = expected_nbytes(dtype, shape)
+    if len(raw) != want:
+        raise InvalidArgument(
+            raw_field,
+            f"holds {len(raw)} bytes but {tensor.datatype} {list(shape)} needs {want}",
+        )
+    array = np.frombuffer(raw, dtype=dtype).reshape(shape)
+    array.flags.writeable = False  # a caller's shared memory, or the received message
+    return array, tensor.datatype
+
+
+def _decode_input(
+    request, index: int, raw_index: int, regions: Callable[[str], SharedMemoryRegistry]
+) -> tuple[np.ndarray, str]:
+    """Input `index`, from shared memory when it names a region, else from raw contents
+    entry `raw_index` (those hold only the inputs not in shared memory) or typed contents."""
     tensor = request.inputs[index]
     field = f"inputs[{tensor.name}]"
     shape = check_shape(tensor.shape, f"{field}.shape")
     count = math.prod(shape)
+    window = shared_memory_window(tensor.parameters, f"{field}.parameters")
+    if window is not None:
+        view = window.view(regions)
+        return _from_raw(tensor, view, window.size_field, shape)
     if request.raw_input_contents:
-        if index >= len(request.raw_input_contents):
+        if raw_index >= len(request.raw_input_contents):
             raise InvalidArgument("raw_input_contents", f"has no entry for input {index}")
-        raw = request.raw_input_contents[index]
-        raw_field = f"raw_input_contents[{index}]"
-        if tensor.datatype == BYTES:
-            items = decode_bytes_elements(raw, count, raw_field)
-            return np.array(items, dtype=object).reshape(shape), BYTES
-        dtype = numpy_for_kserve(tensor.datatype, f"{field}.datatype")
-        want = expected_nbytes(dtype, shape)
-        if len(raw) != want:
-            raise InvalidArgument(
-                raw_field,
-                f"holds {len(raw)} bytes but {tensor.datatype} {list(shape)} needs {want}",
-            )
-        return np.frombuffer(raw, dtype=dtype).reshape(shape), tensor.datatype
+        raw = request.raw_input_contents[raw_index]
+        return _from_raw(tensor, raw, f"raw_input_contents[{raw_index}]", shape)
     contents_field = _CONTENTS_FIELD.get(tensor.datatype)
     if contents_field is None:
         raise InvalidArgument(f"{field}.datatype", f"{tensor.datatype} needs raw_input_contents")
@@ -241,10 +302,22 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         is_ready: whether the whole server reports ready (false while loading or draining).
     """
 
-    def __init__(self, server_name: str, models: dict[str, Model], is_ready: Callable[[], bool]):
+    def __init__(
+        self,
+        server_name: str,
+        models: dict[str, Model],
+        is_ready: Callable[[], bool],
+        shared_memory: SharedMemoryRegistry | None = None,
+    ):
         self._name = server_name
         self._models = models
         self._is_ready = is_ready
+        self._shared_memory = shared_memory
+
+    def _regions(self, context, field: str) -> SharedMemoryRegistry:
+        """The shared-memory registry, for a caller on this host of a server that offers it."""
+        peer = context.peer() if context is not None else "unix:in-process"
+        return regions_for(self._shared_memory, peer, field)
 
     def _model(self, name: str, version: str = "") -> Model:
         model = self._models.get(name)
@@ -267,7 +340,33 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         return service_pb2.ModelReadyResponse(ready=model.ready and self._is_ready())
 
     def ServerMetadata(self, request, context):
-        return service_pb2.ServerMetadataResponse(name=self._name, version="1", extensions=[])
+        extensions = [] if self._shared_memory is None else ["system_shared_memory"]
+        return service_pb2.ServerMetadataResponse(
+            name=self._name, version="1", extensions=extensions
+        )
+
+    def SystemSharedMemoryRegister(self, request, context):
+        self._regions(context, "name").register(
+            request.name, request.key, request.offset, request.byte_size
+        )
+        return service_pb2.SystemSharedMemoryRegisterResponse()
+
+    def SystemSharedMemoryStatus(self, request, context):
+        response = service_pb2.SystemSharedMemoryStatusResponse()
+        for region in self._regions(context, "name").status(request.name):
+            response.regions[region.name].CopyFrom(
+                service_pb2.SystemSharedMemoryStatusResponse.RegionStatus(
+                    name=region.name,
+                    key=region.key,
+                    offset=region.offset,
+                    byte_size=region.byte_size,
+                )
+            )
+        return response
+
+    def SystemSharedMemoryUnregister(self, request, context):
+        self._regions(context, "name").unregister(request.name)
+        return service_pb2.SystemSharedMemoryUnregisterResponse()
 
     def ModelMetadata(self, request, context):
         model = self._model(request.name, request.version)
@@ -304,22 +403,56 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         names = [t.name for t in request.inputs]
         if len(set(names)) != len(names):
             raise InvalidArgument("inputs", f"duplicate input names in {names}")
-        decoded = {t.name: _decode_input(request, i) for i, t in enumerate(request.inputs)}
+
+        def regions(field: str) -> SharedMemoryRegistry:
+            return self._regions(context, field)
+
+        decoded, raw_index = {}, 0
+        for i, tensor in enumerate(request.inputs):
+            decoded[tensor.name] = _decode_input(request, i, raw_index, regions)
+            if "shared_memory_region" not in tensor.parameters:
+                raw_index += 1
+        # Output windows are checked before the model runs, so a bad one costs no compute.
+        windows = {
+            o.name: shared_memory_window(o.parameters, f"outputs[{o.name}].parameters")
+            for o in request.outputs
+        }
+        placed = {name: (w, w.view(regions)) for name, w in windows.items() if w is not None}
         inputs = model.validate_inputs(decoded)
         outputs = model.predict(inputs, Deadline.from_context(context))
         wanted = [o.name for o in request.outputs] or list(outputs)
         response = service_pb2.ModelInferResponse(
             model_name=model.name, model_version=model.version, id=request.id
         )
-        contents = []
+        encoded = []
         for name in wanted:
             if name not in outputs:
                 raise InvalidArgument(
                     f"outputs[{name}]", f"model {model.name!r} has no such output"
                 )
-            meta, raw = _encode_output(name, outputs[name])
+            encoded.append((name, *_encode_output(name, outputs[name])))
+        # Every output must fit its window before any is written: nothing half-written.
+        for name, _, raw in encoded:
+            if name in placed and len(raw) > len(placed[name][1]):
+                window = placed[name][0]
+                raise InvalidArgument(
+                    window.size_field,
+                    f"output {name!r} is {len(raw)} bytes, its window holds {window.byte_size}",
+                )
+        mixed = len(placed) < len(encoded)
+        contents = []
+        for name, meta, raw in encoded:
+            if name in placed:
+                window, view = placed[name]
+                view[: len(raw)] = raw
+                meta.parameters["shared_memory_region"].string_param = window.region
+                meta.parameters["shared_memory_byte_size"].int64_param = len(raw)
+                meta.parameters["shared_memory_offset"].int64_param = window.offset
+                if mixed:  # tritonclient finds raw outputs by position among all outputs
+                    contents.append(b"")
+            else:
+                contents.append(raw)
             response.outputs.append(meta)
-            contents.append(raw)
         return InferReply(response, contents)
 
 

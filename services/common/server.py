@@ -39,6 +39,7 @@ from services.common.interceptors import (
     ThreadPoolRouter,
 )
 from services.common.model import Model
+from services.common.shared_memory import SharedMemoryRegistry
 from services.common.tls import server_credentials
 
 logger = logging.getLogger(__name__)
@@ -136,6 +137,8 @@ class ModelServer:
         self._pools: list[futures.ThreadPoolExecutor] = []
         self.port: int | None = None
         self.metrics_port: int | None = None
+        # Regions callers on this host register (KServe v2 system shared memory); None: off.
+        self.shared_memory = SharedMemoryRegistry() if config.shared_memory else None
         # Blocking Watch (a thread per watcher, on a pool of its own): in grpc_health's
         # non-blocking mode `set` sends to watchers under its lock while a closing watcher
         # waits for that lock on gRPC's serving thread, so a shutdown can deadlock.
@@ -185,7 +188,10 @@ class ModelServer:
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         kserve.add_to_server(
-            kserve.InferenceServicer(f"genaug-{cfg.service}", self.models, self.is_ready), server
+            kserve.InferenceServicer(
+                f"genaug-{cfg.service}", self.models, self.is_ready, self.shared_memory
+            ),
+            server,
         )
         for typed in self.typed_services:
             typed.register(typed.servicer, server)
@@ -279,6 +285,8 @@ class ModelServer:
             stopped.wait()
         for pool in self._pools:
             pool.shutdown(wait=False, cancel_futures=True)
+        if self.shared_memory is not None:
+            self.shared_memory.unregister()  # unmaps what no call still reads
         if self._metrics_server is not None:
             self._metrics_server.shutdown()
         if self._on_stop is not None:

@@ -209,11 +209,17 @@ def test_every_server_setting_is_a_flag_and_a_genaug_variable():
     names = set()
     for s in settings_of(ServerConfig):
         names.add(s.name)
+        variable = f"GENAUG_{s.name.upper()}"
+        if s.switch:  # on by default: the flag turns it off, the variable either way
+            assert s.default is True and s.flag == "--no-" + s.name.replace("_", "-")
+            assert getattr(_server([], {}), s.name) is True
+            assert getattr(_server([], {variable: "false"}), s.name) is False
+            assert getattr(_server([s.flag], {variable: "true"}), s.name) is False
+            continue
         assert s.flag == "--" + s.name.replace("_", "-")
         if s.name == "auth_token_file":
             continue  # the file is read at once: see the token test
         raw = {int: "7", float: "7.5", str: "x", Path: "/x"}[s.type]
-        variable = f"GENAUG_{s.name.upper()}"
         from_env = getattr(_server([], {variable: raw}), s.name)
         from_flag = getattr(_server([s.flag, raw], {variable: "0"}), s.name)
         assert from_env == from_flag == s.type(raw), s.name

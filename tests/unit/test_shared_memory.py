@@ -1,0 +1,175 @@
+"""The shared-memory registry and the KServe servicer's use of it, with real POSIX
+shared-memory objects (the gRPC side is in tests/service/test_shared_memory.py)."""
+
+from __future__ import annotations
+
+import os
+from multiprocessing import shared_memory
+
+import pytest
+from tritonclient.grpc import service_pb2
+
+from genaug.deadline import Deadline
+from genaug.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    ResourceExhausted,
+)
+from services.common.kserve import InferenceServicer
+from services.common.model import Model, TensorSpec
+from services.common.shared_memory import SHM_ROOT, SharedMemoryRegistry, is_local_peer
+
+
+@pytest.fixture
+def shm():
+    """A 4 KiB POSIX shared-memory object, filled with 0..255, removed afterwards."""
+    made = shared_memory.SharedMemory(create=True, size=4096)
+    made.buf[:] = bytes(range(256)) * 16
+    yield made
+    made.close()
+    made.unlink()
+
+
+@pytest.mark.parametrize(
+    ("peer", "local"),
+    [
+        ("unix:/tmp/genaug.sock", True),
+        ("ipv4:127.0.0.1:5501", True),
+        ("ipv4:127.8.9.1:5501", True),
+        ("ipv6:[::1]:5501", True),
+        ("ipv6:[::ffff:127.0.0.1]:5501", True),
+        ("ipv4:10.0.0.7:5501", False),
+        ("ipv4:1270.0.0.1:5501", False),
+        ("ipv6:[fe80::1]:5501", False),
+        ("", False),
+    ],
+)
+def test_only_callers_on_this_host_are_local(peer, local):
+    assert is_local_peer(peer) is local
+
+
+def test_a_registered_window_reads_the_objects_bytes(shm):
+    registry = SharedMemoryRegistry()
+    region = registry.register("r", f"/{shm.name}", offset=256, byte_size=512)
+    assert bytes(registry.window("r", 1, 3, "w")) == bytes((1, 2, 3))  # offsets are the region's
+    view = region.view(0, 512, "w")
+    view[0] = 99
+    assert shm.buf[256] == 99  # the same memory, both ways
+    with pytest.raises(InvalidArgument, match=r"^w\.byte_size: bytes 500\.\.520 are outside"):
+        registry.window("r", 500, 20, "w")
+    with pytest.raises(InvalidArgument, match=r"^w\.region: no shared-memory region 'x'"):
+        registry.window("x", 0, 1, "w")
+    registry.unregister("r")
+    assert view[0] == 99  # a view in use stays valid after its region is dropped
+    assert registry.status() == []
+
+
+def test_registering_refuses_bad_names_keys_and_sizes(shm, tmp_path):
+    registry = SharedMemoryRegistry(max_regions=2)
+    registry.register("a", shm.name, 0, 4096)  # "name" and "/name" are the same key
+    with pytest.raises(FailedPrecondition, match="already registered"):
+        registry.register("a", shm.name, 0, 16)
+    for name, key, offset, size, error, field in [
+        ("b c", shm.name, 0, 16, InvalidArgument, "name"),
+        ("b", "/../etc/passwd", 0, 16, InvalidArgument, "key"),
+        ("b", "/a/b", 0, 16, InvalidArgument, "key"),
+        ("b", "/genaug_does_not_exist", 0, 16, NotFound, "key"),
+        ("b", shm.name, 4000, 100, InvalidArgument, "byte_size"),
+        ("b", shm.name, -1, 16, InvalidArgument, "offset"),
+        ("b", shm.name, 0, 0, InvalidArgument, "byte_size"),
+    ]:
+        with pytest.raises(error) as info:
+            registry.register(name, key, offset, size)
+        assert str(info.value).startswith(f"{field}:"), (key, str(info.value))
+    link = SHM_ROOT / f"genaug_test_link_{os.getpid()}"
+    target = tmp_path / "secret"
+    target.write_bytes(b"x" * 64)
+    link.symlink_to(target)
+    try:  # a link out of /dev/shm is not followed
+        with pytest.raises(InvalidArgument, match="^key: cannot open"):
+            registry.register("b", link.name, 0, 16)
+    finally:
+        link.unlink()
+    registry.register("b", shm.name, 0, 16)
+    with pytest.raises(ResourceExhausted, match="2 regions"):
+        registry.register("c", shm.name, 0, 16)
+    assert [r.name for r in registry.status()] == ["a", "b"]
+    with pytest.raises(NotFound):
+        registry.status("c")
+    registry.unregister()  # empty name: all of them, as Triton does
+    assert registry.status() == []
+
+
+class _TwoOutputs(Model):
+    name = "pair"
+    inputs = (TensorSpec("a", "UINT8", (-1,)), TensorSpec("b", "UINT8", (-1,)))
+    outputs = (TensorSpec("sum", "UINT8", (-1,)), TensorSpec("a", "UINT8", (-1,)))
+
+    def __init__(self):
+        super().__init__()
+        self.ready = True
+
+    def load(self) -> None:
+        pass
+
+    def predict(self, inputs, deadline: Deadline):
+        return {"sum": inputs["a"] + inputs["b"], "a": inputs["a"]}
+
+
+class _Context:
+    def __init__(self, peer: str):
+        self._peer = peer
+
+    def peer(self) -> str:
+        return self._peer
+
+    def time_remaining(self):
+        return None
+
+
+def _shm_parameters(tensor, region: str, byte_size: int, offset: int = 0) -> None:
+    tensor.parameters["shared_memory_region"].string_param = region
+    tensor.parameters["shared_memory_byte_size"].int64_param = byte_size
+    tensor.parameters["shared_memory_offset"].int64_param = offset
+
+
+def _pair_request() -> service_pb2.ModelInferRequest:
+    request = service_pb2.ModelInferRequest(model_name="pair")
+    _shm_parameters(request.inputs.add(name="a", datatype="UINT8", shape=[4]), "r", 4)
+    request.inputs.add(name="b", datatype="UINT8", shape=[4])
+    request.raw_input_contents.append(bytes((10, 10, 10, 10)))  # b's: the only raw input
+    _shm_parameters(request.outputs.add(name="sum"), "r", 4, offset=64)
+    request.outputs.add(name="a")
+    return request
+
+
+def test_shared_memory_and_raw_inputs_and_outputs_mix(shm):
+    registry = SharedMemoryRegistry()
+    registry.register("r", shm.name, 0, 128)
+    servicer = InferenceServicer("t", {"pair": _TwoOutputs()}, lambda: True, registry)
+    reply = servicer.infer(_pair_request(), _Context("ipv4:127.0.0.1:1"))
+    assert bytes(shm.buf[64:68]) == bytes((10, 11, 12, 13))  # a (0..3) + b (10s), in place
+    # tritonclient finds raw outputs by position: the shared-memory one keeps an empty place.
+    assert [bytes(r) for r in reply.raw_output_contents] == [b"", bytes((0, 1, 2, 3))]
+    sent = reply.message.outputs[0].parameters
+    assert sent["shared_memory_region"].string_param == "r"
+    assert sent["shared_memory_byte_size"].int64_param == 4
+
+
+def test_shared_memory_from_another_host_or_when_off_is_refused(shm):
+    registry = SharedMemoryRegistry()
+    registry.register("r", shm.name, 0, 128)
+    servicer = InferenceServicer("t", {"pair": _TwoOutputs()}, lambda: True, registry)
+    with pytest.raises(PermissionDenied, match=r"^inputs\[a\]\.parameters\.shared_memory_region"):
+        servicer.infer(_pair_request(), _Context("ipv4:10.1.2.3:5555"))
+    with pytest.raises(PermissionDenied):
+        servicer.SystemSharedMemoryStatus(
+            service_pb2.SystemSharedMemoryStatusRequest(), _Context("ipv6:[2001:db8::1]:1")
+        )
+    assert bytes(shm.buf[64:68]) == bytes((64, 65, 66, 67))  # nothing was written
+    off = InferenceServicer("t", {"pair": _TwoOutputs()}, lambda: True, None)
+    with pytest.raises(Exception, match="--no-shared-memory") as info:
+        off.infer(_pair_request(), _Context("unix:x"))
+    assert type(info.value).__name__ == "Unimplemented"
