@@ -10,7 +10,9 @@ import grpc
 
 from genaug import wire
 from genaug.v1 import tensor_pb2
+from services.common.chunk_streams import reply_chunks, windows_of, with_stream_context
 from services.common.server import TypedService
+from services.common.shared_memory import SharedMemoryRegistry
 
 ECHO_SERVICE = "genaug.test.Echo"
 
@@ -22,9 +24,10 @@ class EchoServicer:
         return wire.to_proto(wire.from_proto(request, "tensor"))
 
     def echo_chunks(self, request_iterator, context):
-        # Serialised chunks both ways (see `wire.iter_chunk_bytes`): one copy per chunk each way.
-        tensors = wire.assemble(request_iterator, field="request")
-        yield from wire.iter_tensors_as_chunk_bytes(tensors)
+        # Serialised chunks both ways (see `wire.iter_chunk_bytes`): one copy per chunk each way;
+        # or, for a caller on this host, shared-memory windows (`chunk_streams`).
+        tensors = wire.assemble(request_iterator, field="request", windows=windows_of(context))
+        yield from reply_chunks(context, tensors)
 
     def echo_bytes(self, request_iterator, context):
         # No wire format at all: gRPC's own cost of moving these messages, the ceiling of
@@ -37,7 +40,9 @@ class EchoServicer:
         yield from list(request_iterator)
 
 
-def _register_echo(servicer: EchoServicer, server: grpc.Server) -> None:
+def _register_echo(
+    servicer: EchoServicer, server: grpc.Server, shared_memory: SharedMemoryRegistry | None = None
+) -> None:
     handlers = {
         "EchoTensor": grpc.unary_unary_rpc_method_handler(
             servicer.echo_tensor,
@@ -47,7 +52,7 @@ def _register_echo(servicer: EchoServicer, server: grpc.Server) -> None:
         # Requests arrive as bytes, parsed by `wire.assemble` (bad bytes: INVALID_ARGUMENT
         # naming request[i]); replies may be messages or serialised chunks.
         "EchoChunks": grpc.stream_stream_rpc_method_handler(
-            servicer.echo_chunks,
+            with_stream_context(servicer.echo_chunks, shared_memory),
             request_deserializer=None,
             response_serializer=wire.serialize_chunk,
         ),
@@ -59,6 +64,9 @@ def _register_echo(servicer: EchoServicer, server: grpc.Server) -> None:
         ),
     }
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(ECHO_SERVICE, handlers),))
+
+
+_register_echo.takes_shared_memory = True
 
 
 def echo_service() -> TypedService:

@@ -1,7 +1,8 @@
 """The Ctrl-GenAug client library: typed gRPC clients of the five services.
 
-It imports only the wire contract (`genaug`) and grpc, never a service, model or data package,
-so it installs and works without the servers. Applications (`clients.augment`, the `genaug`
+It imports only the wire contract (`genaug`), grpc and the KServe v2 stubs tritonclient ships
+(shared-memory registration), never a service, model or data package, so it installs and
+works without the servers. Applications (`clients.augment`, the `genaug`
 CLI) and the sampler's downstream calls are built on it.
 """
 

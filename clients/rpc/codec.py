@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import threading
+
 import grpc
 import numpy as np
 
 from clients.rpc.errors import translate_errors
+from clients.rpc.shared_memory import SharedMemoryLane
 from genaug import wire
 from genaug.v1 import vae_codec_pb2, vae_codec_pb2_grpc
 
@@ -26,10 +29,42 @@ def _chunk_bytes_stream(channel: grpc.Channel, method: str):
 
 
 class VaeCodecClient:
-    def __init__(self, channel: grpc.Channel):
+    """Args:
+    channel: to the codec service.
+    shared_memory_bytes: for a codec on this host, streamed calls whose tensors fit this
+        many bytes go through shared memory (`clients.rpc.shared_memory`) instead of gRPC's
+        copies; 0 (the default) never uses it. The regions are made and registered on the
+        first such call (GenAugError PERMISSION_DENIED from another host); `close()` frees
+        them.
+    """
+
+    def __init__(self, channel: grpc.Channel, shared_memory_bytes: int = 0):
+        self._channel = channel
         self._stub = vae_codec_pb2_grpc.VaeCodecStub(channel)
         self._encode_stream = _chunk_bytes_stream(channel, "EncodeStream")
         self._decode_stream = _chunk_bytes_stream(channel, "DecodeStream")
+        self._shared_memory_bytes = shared_memory_bytes
+        self._lane: SharedMemoryLane | None = None
+        self._lane_lock = threading.Lock()
+
+    def _streamed(self, stream, name: str, array: np.ndarray, metadata, timeout, reply: str):
+        """One tensor through a chunk stream: shared memory when set up and free, else chunks."""
+        if self._shared_memory_bytes:
+            with self._lane_lock:
+                if self._lane is None:
+                    self._lane = SharedMemoryLane(self._channel, self._shared_memory_bytes)
+            got = self._lane.try_call(stream, {name: array}, timeout=timeout, metadata=metadata)
+            if got is not None:
+                return got[reply]
+        replies = stream(wire.iter_chunk_bytes(name, array), timeout=timeout, metadata=metadata)
+        return wire.assemble(replies, field="response")[reply]
+
+    def close(self) -> None:
+        """Free the shared-memory regions, if any (the channel is the caller's)."""
+        with self._lane_lock:
+            lane, self._lane = self._lane, None
+        if lane is not None:
+            lane.close()
 
     @translate_errors
     def encode(
@@ -43,12 +78,10 @@ class VaeCodecClient:
         VAE of generator `model` ("" = the default) at `model_version` ("" = the latest)."""
         frames = np.asarray(frames, dtype=np.float32)
         if frames.nbytes > STREAM_THRESHOLD_BYTES:
-            replies = self._encode_stream(
-                wire.iter_chunk_bytes("frames", frames),
-                timeout=timeout,
-                metadata=_model_metadata(model, model_version),
+            metadata = _model_metadata(model, model_version)
+            return self._streamed(
+                self._encode_stream, "frames", frames, metadata, timeout, reply="latents"
             )
-            return wire.assemble(replies, field="response")["latents"]
         request = vae_codec_pb2.EncodeRequest(
             frames=wire.to_proto(frames), model=model, model_version=model_version
         )
@@ -66,12 +99,10 @@ class VaeCodecClient:
         VAE of generator `model` ("" = the default) at `model_version` ("" = the latest)."""
         latents = np.asarray(latents, dtype=np.float32)
         if latents.nbytes * 16 > STREAM_THRESHOLD_BYTES:  # the reply is 16x larger
-            replies = self._decode_stream(
-                wire.iter_chunk_bytes("latents", latents),
-                timeout=timeout,
-                metadata=_model_metadata(model, model_version),
+            metadata = _model_metadata(model, model_version)
+            return self._streamed(
+                self._decode_stream, "latents", latents, metadata, timeout, reply="frames"
             )
-            return wire.assemble(replies, field="response")["frames"]
         request = vae_codec_pb2.DecodeRequest(
             latents=wire.to_proto(latents), model=model, model_version=model_version
         )

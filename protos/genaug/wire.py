@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import struct
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -252,6 +252,25 @@ def iter_tensors_as_chunk_bytes(
         yield from iter_chunk_bytes(name, array, chunk_bytes)
 
 
+def iter_window_chunks(
+    name: str, array: np.ndarray, region: str, memory: memoryview, offset: int = 0
+) -> Iterator[bytes]:
+    """`iter_chunk_bytes` through shared memory: copy `array` into `memory` (the bytes of
+    registered region `region`, from `offset` on) and yield its header and the window that
+    points there, serialised. ValueError if it does not fit."""
+    array = _little_endian(np.asarray(array))
+    raw = _raw_view(array)
+    if offset < 0 or offset + len(raw) > len(memory):
+        raise ValueError(
+            f"tensor {name!r} ({len(raw)} bytes at {offset}) does not fit region {region!r} "
+            f"({len(memory)} bytes)"
+        )
+    memory[offset : offset + len(raw)] = raw
+    window = tensor_pb2.SharedMemoryWindow(region=region, offset=offset, byte_size=len(raw))
+    yield _chunk_header(name, array).SerializeToString()
+    yield tensor_pb2.TensorChunk(shared_memory=window).SerializeToString()
+
+
 def serialize_chunk(chunk: tensor_pb2.TensorChunk | bytes | bytearray | memoryview) -> bytes:
     """A gRPC serializer for chunk streams: messages are serialised, serialised chunks (from
     `iter_chunk_bytes`) pass through unchanged."""
@@ -278,6 +297,23 @@ def _data_payload(raw: memoryview) -> memoryview | None:
     return raw[offset:]
 
 
+# Metadata of a chunk stream asking for its reply in a shared-memory region the caller
+# registered with the server (the region's name): see `iter_window_chunks`.
+REPLY_REGION_METADATA = "genaug-reply-region"
+# Tensors placed one after another in a region start at multiples of this (cache lines).
+WINDOW_ALIGN = 64
+
+
+def aligned(nbytes: int) -> int:
+    """`nbytes` rounded up to a multiple of WINDOW_ALIGN."""
+    return -(-nbytes // WINDOW_ALIGN) * WINDOW_ALIGN
+
+
+# Reads a SharedMemoryWindow (message, field name for errors) as the bytes it points at;
+# raises TensorFormatError (or another InvalidArgument) naming the field when it cannot.
+WindowResolver = Callable[[tensor_pb2.SharedMemoryWindow, str], memoryview]
+
+
 @dataclass
 class _Pending:
     name: str
@@ -300,9 +336,15 @@ class ChunkAssembler:
         field: the request field the stream arrives in, used in error messages.
     """
 
-    def __init__(self, max_tensor_bytes: int = 1 << 34, field: str = "chunks"):
+    def __init__(
+        self,
+        max_tensor_bytes: int = 1 << 34,
+        field: str = "chunks",
+        windows: WindowResolver | None = None,
+    ):
         self.max_tensor_bytes = max_tensor_bytes
         self.field = field
+        self.windows = windows
         self._pending: _Pending | None = None
         self._last_done: _Pending | None = None
         self._index = 0
@@ -332,7 +374,28 @@ class ChunkAssembler:
             return self._open(chunk.header, where)
         if part == "data":
             return self._append(chunk.data, where)
+        if part == "shared_memory":
+            return self._append_window(chunk.shared_memory, where)
         raise TensorFormatError(where, "chunk has neither header nor data")
+
+    def _append_window(self, window: tensor_pb2.SharedMemoryWindow, where: str):
+        """A whole tensor's bytes from shared memory: copied once, like a data chunk, so the
+        sender may reuse its region as soon as the call returns."""
+        p = self._pending
+        if self.windows is None:
+            raise TensorFormatError(
+                f"{where}.shared_memory", "shared memory is not offered on this stream"
+            )
+        if p is None or p.filled:
+            raise TensorFormatError(
+                f"{where}.shared_memory", "a window must follow its tensor's header directly"
+            )
+        if window.byte_size != len(p.buffer):
+            raise TensorFormatError(
+                f"{where}.shared_memory.byte_size",
+                f"is {window.byte_size}, tensor {p.name!r} has {len(p.buffer)} bytes",
+            )
+        return self._append(self.windows(window, f"{where}.shared_memory"), where)
 
     def _open(self, header: tensor_pb2.TensorHeader, where: str):
         dtype = numpy_dtype(header.dtype, f"{where}.header.dtype")
@@ -404,9 +467,11 @@ def assemble(
     chunks: Iterable[tensor_pb2.TensorChunk | bytes],
     max_tensor_bytes: int = 1 << 34,
     field: str = "chunks",
+    windows: WindowResolver | None = None,
 ) -> dict[str, np.ndarray]:
-    """Collect every tensor of a chunk stream (messages or serialised chunks) by name."""
-    assembler = ChunkAssembler(max_tensor_bytes, field)
+    """Collect every tensor of a chunk stream (messages or serialised chunks) by name;
+    `windows` reads shared-memory windows (without it, a stream that sends one is refused)."""
+    assembler = ChunkAssembler(max_tensor_bytes, field, windows)
     tensors: dict[str, np.ndarray] = {}
     for chunk in chunks:
         done = assembler.feed(chunk)

@@ -19,6 +19,8 @@ from collections.abc import Callable, Iterable
 import grpc
 
 from genaug import wire
+from services.common.chunk_streams import with_stream_context
+from services.common.shared_memory import SharedMemoryRegistry
 
 Register = Callable[[object, grpc.Server], None]
 
@@ -62,18 +64,26 @@ def with_chunk_streams(add_to_server: Register, methods: Iterable[str]) -> Regis
     """A `TypedService.register` for a generated `add_to_server` whose chunk-stream `methods`
     take requests as raw bytes (request deserializer None: the servicer must read them with
     `wire.assemble` / `wire.ChunkAssembler`) and reply through `wire.serialize_chunk` (the
-    servicer may yield `wire.iter_chunk_bytes` or messages). Other methods are unchanged."""
+    servicer may yield `wire.iter_chunk_bytes` or messages). Other methods are unchanged.
+
+    Their servicer methods get a `chunk_streams.StreamContext`: with the server's
+    shared-memory registry (None: off), windows and reply regions of callers on this host."""
     methods = tuple(methods)
 
-    def register(servicer: object, server: grpc.Server) -> None:
+    def register(
+        servicer: object, server: grpc.Server, shared_memory: SharedMemoryRegistry | None = None
+    ) -> None:
         service, handlers = generated_handlers(add_to_server, servicer)
         for method in methods:
             handler = handlers.get(method)
             if handler is None or not (handler.request_streaming and handler.response_streaming):
                 raise ValueError(f"{service}/{method} is not a stream-stream method")
             handlers[method] = handler._replace(
-                request_deserializer=None, response_serializer=wire.serialize_chunk
+                request_deserializer=None,
+                response_serializer=wire.serialize_chunk,
+                stream_stream=with_stream_context(handler.stream_stream, shared_memory),
             )
         add_handlers(server, service, handlers)
 
+    register.takes_shared_memory = True
     return register

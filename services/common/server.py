@@ -79,7 +79,9 @@ class TypedService:
     """A typed genaug.v1 servicer and how to register it (`add_XServicer_to_server`).
 
     `method_threads` gives methods whose calls mostly wait (e.g. {"Generate": 72}) a thread
-    pool of that size of their own, off the `workers`.
+    pool of that size of their own, off the `workers`. A `register` with a true
+    `takes_shared_memory` attribute (`registration.with_chunk_streams`) is also given the
+    server's shared-memory registry (None when it is off).
     """
 
     name: str
@@ -194,7 +196,10 @@ class ModelServer:
             server,
         )
         for typed in self.typed_services:
-            typed.register(typed.servicer, server)
+            if getattr(typed.register, "takes_shared_memory", False):
+                typed.register(typed.servicer, server, self.shared_memory)
+            else:
+                typed.register(typed.servicer, server)
         reflection.enable_server_reflection(
             [*self._service_names()[2:], health.SERVICE_NAME, reflection.SERVICE_NAME], server
         )

@@ -12,6 +12,7 @@ from genaug import wire
 from genaug.deadline import Deadline
 from genaug.errors import InvalidArgument
 from genaug.v1 import vae_codec_pb2, vae_codec_pb2_grpc
+from services.common.chunk_streams import reply_chunks, windows_of
 from services.common.registration import with_chunk_streams
 from services.models.per_generator import PerGenerator
 from services.models.vae_codec import VaeCodec
@@ -20,10 +21,13 @@ MODEL_KEY, VERSION_KEY = "genaug-model", "genaug-model-version"
 CHUNK_STREAMS = ("EncodeStream", "DecodeStream")
 
 
-def _single_tensor(chunks, name: str, max_bytes: int):
+def _single_tensor(chunks, name: str, max_bytes: int, context):
     # Chunks are raw bytes from the server (messages when called in process): `assemble`
-    # takes either, and names a bad one request[i] (INVALID_ARGUMENT).
-    tensors = wire.assemble(chunks, max_tensor_bytes=max_bytes, field="request")
+    # takes either, and names a bad one request[i] (INVALID_ARGUMENT). Callers on this host
+    # may send the tensor as a shared-memory window instead (`chunk_streams`).
+    tensors = wire.assemble(
+        chunks, max_tensor_bytes=max_bytes, field="request", windows=windows_of(context)
+    )
     if set(tensors) != {name}:
         raise InvalidArgument(
             "request", f"expected exactly one tensor named {name!r}, got {sorted(tensors)}"
@@ -56,15 +60,15 @@ class VaeCodecServicer(vae_codec_pb2_grpc.VaeCodecServicer):
 
     def EncodeStream(self, request_iterator, context):
         codec = self.codecs.get(*_named(context))
-        frames = _single_tensor(request_iterator, "frames", self.max_tensor_bytes)
+        frames = _single_tensor(request_iterator, "frames", self.max_tensor_bytes, context)
         latents = codec.encode(frames, Deadline.from_context(context))
-        yield from wire.iter_chunk_bytes("latents", latents)
+        yield from reply_chunks(context, {"latents": latents})
 
     def DecodeStream(self, request_iterator, context):
         codec = self.codecs.get(*_named(context))
-        latents = _single_tensor(request_iterator, "latents", self.max_tensor_bytes)
+        latents = _single_tensor(request_iterator, "latents", self.max_tensor_bytes, context)
         frames = codec.decode(latents, Deadline.from_context(context))
-        yield from wire.iter_chunk_bytes("frames", frames)
+        yield from reply_chunks(context, {"frames": frames})
 
     def GetCodecInfo(self, request, context):
         entry = self.codecs.view.resolve(request.model, request.model_version)

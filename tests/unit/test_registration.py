@@ -6,7 +6,9 @@ import pytest
 
 from genaug import wire
 from genaug.v1 import vae_codec_pb2, vae_codec_pb2_grpc
+from services.common.chunk_streams import StreamContext
 from services.common.registration import generated_handlers, with_chunk_streams
+from services.common.shared_memory import SharedMemoryRegistry
 from services.vae_codec.servicer import CHUNK_STREAMS, VaeCodecServicer, add_to_server
 
 
@@ -22,10 +24,29 @@ class _FakeServer:
         self.registered[service] = dict(handlers)
 
 
+class _Context:
+    def invocation_metadata(self):
+        return ()
+
+
+class _Recording(VaeCodecServicer):
+    """Records what its streams are called with."""
+
+    def EncodeStream(self, request_iterator, context):
+        self.seen = ("EncodeStream", request_iterator, context)
+        return iter(())
+
+    def DecodeStream(self, request_iterator, context):
+        self.seen = ("DecodeStream", request_iterator, context)
+        return iter(())
+
+
 def test_the_codec_streams_take_bytes_and_the_unary_methods_keep_protobuf():
-    servicer = VaeCodecServicer(codecs=None)
+    servicer = _Recording(codecs=None)
     server = _FakeServer()
-    add_to_server(servicer, server)
+    registry = SharedMemoryRegistry()
+    assert add_to_server.takes_shared_memory
+    add_to_server(servicer, server, registry)
     _, generated = generated_handlers(vae_codec_pb2_grpc.add_VaeCodecServicer_to_server, servicer)
     handlers = server.registered["genaug.v1.VaeCodec"]
     assert set(handlers) == set(generated) and set(CHUNK_STREAMS) < set(handlers)
@@ -33,7 +54,13 @@ def test_the_codec_streams_take_bytes_and_the_unary_methods_keep_protobuf():
         handler = handlers[method]
         assert handler.request_deserializer is None
         assert handler.response_serializer is wire.serialize_chunk
-        assert handler.stream_stream == getattr(servicer, method)
+        # The servicer's own method, given the call's context with the server's shared memory.
+        requests, context = iter(()), _Context()
+        assert list(handler.stream_stream(requests, context)) == []
+        name, got_requests, got_context = servicer.seen
+        assert (name, got_requests) == (method, requests)
+        assert isinstance(got_context, StreamContext) and got_context._context is context
+        assert got_context._registry is registry
     encode = handlers["Encode"]
     assert encode.request_deserializer == vae_codec_pb2.EncodeRequest.FromString
     assert encode.response_serializer == vae_codec_pb2.EncodeResponse.SerializeToString

@@ -1,14 +1,16 @@
-"""The shared-memory registry and the KServe servicer's use of it, with real POSIX
-shared-memory objects (the gRPC side is in tests/service/test_shared_memory.py)."""
+"""The shared-memory registry, the KServe servicer's use of it and the wire's windows, with
+real POSIX shared-memory objects (the gRPC side is in tests/service/test_shared_memory.py)."""
 
 from __future__ import annotations
 
 import os
 from multiprocessing import shared_memory
 
+import numpy as np
 import pytest
 from tritonclient.grpc import service_pb2
 
+from genaug import wire
 from genaug.deadline import Deadline
 from genaug.errors import (
     FailedPrecondition,
@@ -17,6 +19,7 @@ from genaug.errors import (
     PermissionDenied,
     ResourceExhausted,
 )
+from genaug.v1 import tensor_pb2
 from services.common.kserve import InferenceServicer
 from services.common.model import Model, TensorSpec
 from services.common.shared_memory import SHM_ROOT, SharedMemoryRegistry, is_local_peer
@@ -173,3 +176,60 @@ def test_shared_memory_from_another_host_or_when_off_is_refused(shm):
     with pytest.raises(Exception, match="--no-shared-memory") as info:
         off.infer(_pair_request(), _Context("unix:x"))
     assert type(info.value).__name__ == "Unimplemented"
+
+
+def _window_chunks(window: tensor_pb2.SharedMemoryWindow, shape=(4,)) -> list:
+    header = tensor_pb2.TensorHeader(name="x", dtype=tensor_pb2.DATA_TYPE_UINT8, shape=shape)
+    return [tensor_pb2.TensorChunk(header=header), tensor_pb2.TensorChunk(shared_memory=window)]
+
+
+def test_the_wire_reads_and_writes_windows():
+    memory = memoryview(bytearray(256))
+    array = np.arange(10, dtype=np.float32)
+    chunks = list(wire.iter_window_chunks("x", array, "r", memory, offset=64))
+    assert len(chunks) == 2
+    window = tensor_pb2.TensorChunk.FromString(chunks[1]).shared_memory
+    assert (window.region, window.offset, window.byte_size) == ("r", 64, 40)
+
+    def resolve(w, field):
+        return memory[w.offset : w.offset + w.byte_size]
+
+    got = wire.assemble(chunks, windows=resolve)["x"]
+    np.testing.assert_array_equal(got, array)
+    memory[64:68] = b"\0\0\0\0"
+    assert got[0] == 0.0 and got[1] == 1.0  # assembled: a copy, not the caller's memory
+    with pytest.raises(ValueError, match="does not fit"):
+        list(wire.iter_window_chunks("x", array, "r", memory, offset=240))
+    assert wire.aligned(1) == 64 and wire.aligned(64) == 64 and wire.aligned(0) == 0
+
+
+@pytest.mark.parametrize(
+    ("chunks", "field"),
+    [
+        # No resolver: in process, or a stream that does not offer shared memory.
+        (None, "chunks[1].shared_memory"),
+        # A window before any header.
+        ([tensor_pb2.TensorChunk(shared_memory=tensor_pb2.SharedMemoryWindow(byte_size=4))],
+         "chunks[0].shared_memory"),
+        # A window after some data chunks of the same tensor.
+        ("after-data", "chunks[2].shared_memory"),
+        # A window of another size than the tensor's.
+        (_window_chunks(tensor_pb2.SharedMemoryWindow(region="r", byte_size=5)),
+         "chunks[1].shared_memory.byte_size"),
+    ],
+)  # fmt: skip
+def test_the_wire_refuses_misplaced_windows(chunks, field):
+    memory = memoryview(bytearray(64))
+
+    def resolve(w, where):
+        return memory[w.offset : w.offset + w.byte_size]
+
+    windows = resolve
+    if chunks is None:
+        chunks, windows = _window_chunks(tensor_pb2.SharedMemoryWindow(byte_size=4)), None
+    elif chunks == "after-data":
+        first = _window_chunks(tensor_pb2.SharedMemoryWindow(byte_size=4))
+        chunks = [first[0], tensor_pb2.TensorChunk(data=b"ab"), first[1]]
+    with pytest.raises(wire.TensorFormatError) as info:
+        wire.assemble(chunks, windows=windows)
+    assert info.value.field == field
