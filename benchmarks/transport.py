@@ -19,14 +19,23 @@ service that computes on a whole tensor does. `raw_tcp_whole` and `grpc_bytes_wh
 those two echoes answering once they have the whole payload (store and forward): what that
 costs before gRPC, and the ceiling of a chunk stream whose server needs the whole tensor.
 
+For a caller on the server's host, `chunk_stream_shared_memory` is the same typed stream with
+the tensor both ways in shared-memory regions it registered once (`clients.rpc.shared_memory`:
+a header and a window instead of data chunks), and `kserve_tritonclient_shared_memory` is
+KServe v2 with tritonclient's own system shared-memory utilities. Both copy the tensor in and
+the reply out on the caller's side, so they end, like the others, with an array of its own.
+
     python -m benchmarks.transport --sizes-mib 16 64 --repeats 11
 """
 
 from __future__ import annotations
 
 import argparse
+import secrets
 import socket
 import threading
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +44,7 @@ from benchmarks.common import bar_plot, interleaved, machine_facts, median, writ
 from benchmarks.echo import echo_bytes_stub, echo_chunk_bytes_stub, echo_service, echo_stubs
 from benchmarks.suite import BenchSettings, Row, Section, at_least
 from clients.rpc.channel import ChannelSettings, open_channel
+from clients.rpc.shared_memory import SharedMemoryLane
 from genaug import wire
 from genaug.deadline import Deadline
 from services.common.config import ServerConfig
@@ -104,9 +114,63 @@ def _chunk_echo(chunk_bytes_stream, array: np.ndarray, chunk_bytes: int):
     return lambda: wire.assemble(chunk_bytes_stream(wire.iter_chunk_bytes("x", array, chunk_bytes)))
 
 
-def _variants(
-    array: np.ndarray, unary, stream, chunk_bytes_stream, bytes_stream, bytes_whole, tc
-) -> dict:
+@dataclass
+class _Stubs:
+    """The echo server's callables, made once per run (`echo_*_stub`, tritonclient)."""
+
+    unary: Callable
+    stream: Callable  # TensorChunk messages both ways
+    chunk_bytes: Callable  # serialised chunks both ways
+    grpc_bytes: Callable
+    grpc_bytes_whole: Callable
+    triton: object  # tritonclient.grpc.InferenceServerClient
+
+
+class _SharedMemoryEchoes:
+    """The two shared-memory paths for one payload size, set up (made and registered) once, as
+    a caller on this host would, and torn down when the size is done."""
+
+    def __init__(self, channel, triton_client, nbytes: int):
+        import tritonclient.utils.shared_memory as triton_shm
+
+        self._shm, self._tc = triton_shm, triton_client
+        self.lane = SharedMemoryLane(channel, nbytes)
+        tag = secrets.token_hex(8)
+        self._regions = {}
+        for role in ("in", "out"):
+            name = f"bench_{role}_{tag}"
+            self._regions[role] = (
+                name,
+                triton_shm.create_shared_memory_region(name, f"/{name}", nbytes),
+            )
+            triton_client.register_system_shared_memory(name, f"/{name}", nbytes)
+
+    def kserve(self, array: np.ndarray) -> Callable[[], np.ndarray]:
+        import tritonclient.grpc as triton
+
+        (in_name, in_handle), (out_name, out_handle) = self._regions["in"], self._regions["out"]
+
+        def echo() -> np.ndarray:
+            self._shm.set_shared_memory_region(in_handle, [array])
+            inp = triton.InferInput("x", [array.size], "UINT8")
+            inp.set_shared_memory(in_name, array.nbytes)
+            out = triton.InferRequestedOutput("x")
+            out.set_shared_memory(out_name, array.nbytes)
+            result = self._tc.infer("echo", [inp], outputs=[out])
+            shape = list(result.get_output("x").shape)
+            # Copied out, as the chunk paths end with an array of the caller's own.
+            return self._shm.get_contents_as_numpy(out_handle, np.uint8, shape).copy()
+
+        return echo
+
+    def close(self) -> None:
+        self.lane.close()
+        for name, handle in self._regions.values():
+            self._tc.unregister_system_shared_memory(name)
+            self._shm.destroy_shared_memory_region(handle)
+
+
+def _variants(array: np.ndarray, stubs: _Stubs, shared: _SharedMemoryEchoes) -> dict:
     import tritonclient.grpc as triton
 
     payload = array.tobytes()
@@ -116,25 +180,28 @@ def _variants(
     def kserve():
         inp = triton.InferInput("x", [array.size], "UINT8")
         inp.set_data_from_numpy(array)
-        tc.infer("echo", [inp])
+        stubs.triton.infer("echo", [inp])
 
     return {
         "raw_tcp": lambda: _raw_tcp_echo(payload),
         # Store and forward: the echo has the whole payload before it answers, as the chunk
         # stream's echo (it assembles the tensor first) and any service computing on it do.
         "raw_tcp_whole": lambda: _raw_tcp_echo(payload, whole=True),
-        "chunk_stream": _chunk_echo(chunk_bytes_stream, array, wire.DEFAULT_CHUNK_BYTES),
+        "chunk_stream": _chunk_echo(stubs.chunk_bytes, array, wire.DEFAULT_CHUNK_BYTES),
         # The chunk size, profiled: smaller chunks pay gRPC's cost per message more often,
         # larger ones copy more per message; 1 MiB (the default) is measured the best here.
         **{
-            f"chunk_stream_{label}": _chunk_echo(chunk_bytes_stream, array, chunk)
+            f"chunk_stream_{label}": _chunk_echo(stubs.chunk_bytes, array, chunk)
             for label, chunk in OTHER_CHUNK_SIZES.items()
         },
-        "grpc_bytes_stream": lambda: _grpc_bytes_echo(bytes_stream, pieces),
-        "grpc_bytes_whole": lambda: _grpc_bytes_echo(bytes_whole, pieces),
-        "chunk_stream_messages": lambda: wire.assemble(stream(wire.iter_chunks("x", array))),
-        "unary_message": lambda: wire.from_proto(unary(wire.to_proto(array))),
+        # The same stream, the tensor both ways in shared memory (a caller on this host).
+        "chunk_stream_shared_memory": lambda: shared.lane.try_call(stubs.chunk_bytes, {"x": array}),
+        "grpc_bytes_stream": lambda: _grpc_bytes_echo(stubs.grpc_bytes, pieces),
+        "grpc_bytes_whole": lambda: _grpc_bytes_echo(stubs.grpc_bytes_whole, pieces),
+        "chunk_stream_messages": lambda: wire.assemble(stubs.stream(wire.iter_chunks("x", array))),
+        "unary_message": lambda: wire.from_proto(stubs.unary(wire.to_proto(array))),
         "kserve_tritonclient": kserve,
+        "kserve_tritonclient_shared_memory": shared.kserve(array),
     }
 
 
@@ -151,18 +218,22 @@ def run(sizes_mib: list[int], repeats: int, out_dir: Path) -> dict:
         settings = ChannelSettings(max_message_bytes=config.max_message_bytes, retry_attempts=1)
         with open_channel(f"127.0.0.1:{server.port}", settings) as channel:
             unary, stream = echo_stubs(channel)
-            chunk_bytes_stream = echo_chunk_bytes_stub(channel)
-            bytes_stream = echo_bytes_stub(channel)
-            bytes_whole = echo_bytes_stub(channel, whole=True)
-            tc = triton.InferenceServerClient(f"127.0.0.1:{server.port}")
+            stubs = _Stubs(
+                unary,
+                stream,
+                echo_chunk_bytes_stub(channel),
+                echo_bytes_stub(channel),
+                echo_bytes_stub(channel, whole=True),
+                triton.InferenceServerClient(f"127.0.0.1:{server.port}"),
+            )
             for size in sizes_mib:
                 array = np.random.default_rng(0).integers(0, 255, size * MIB, dtype=np.uint8)
-                times = interleaved(
-                    _variants(
-                        array, unary, stream, chunk_bytes_stream, bytes_stream, bytes_whole, tc
-                    ),
-                    repeats,
-                )
+                shared = _SharedMemoryEchoes(channel, stubs.triton, array.nbytes)
+                try:
+                    _check_echoes(array, shared, stubs)
+                    times = interleaved(_variants(array, stubs, shared), repeats)
+                finally:
+                    shared.close()
                 base = median(times["raw_tcp"])
                 results["sizes"][f"{size}MiB"] = {
                     name: {
@@ -184,6 +255,15 @@ def run(sizes_mib: list[int], repeats: int, out_dir: Path) -> dict:
         "throughput relative to raw TCP loopback",
     )
     return results
+
+
+def _check_echoes(array: np.ndarray, shared: _SharedMemoryEchoes, stubs: _Stubs) -> None:
+    """The shared-memory paths really echo the payload (and did not fall back to chunks)."""
+    via_lane = shared.lane.try_call(stubs.chunk_bytes, {"x": array})
+    if via_lane is None or not np.array_equal(via_lane["x"], array):
+        raise RuntimeError("the chunk stream through shared memory did not echo the payload")
+    if not np.array_equal(shared.kserve(array)(), array):
+        raise RuntimeError("KServe v2 through shared memory did not echo the payload")
 
 
 def _section(settings: BenchSettings) -> list[Row]:
@@ -236,8 +316,31 @@ def _section(settings: BenchSettings) -> list[Row]:
                 "costs before gRPC, against the raw echo that sends each piece back at once",
             )
         )
+        shared = per["chunk_stream_shared_memory"]["throughput_vs_raw_tcp"]
+        rows.append(
+            Row(
+                "transport",
+                f"chunk_stream_shared_memory {size} / raw TCP",
+                shared,
+                "x",
+                f">= {TARGET} (same host)",
+                at_least(shared, TARGET),
+                "the same typed stream, the tensor both ways in shared-memory regions the "
+                "caller registered (KServe v2 system shared memory): callers on the host only",
+            )
+        )
         ratio = per["kserve_tritonclient"]["throughput_vs_raw_tcp"]
         rows.append(Row("transport", f"kserve_tritonclient {size} / raw TCP", ratio, "x"))
+        ratio = per["kserve_tritonclient_shared_memory"]["throughput_vs_raw_tcp"]
+        rows.append(
+            Row(
+                "transport",
+                f"kserve_tritonclient_shared_memory {size} / raw TCP",
+                ratio,
+                "x",
+                note="tritonclient's own system shared-memory utilities against our server",
+            )
+        )
     return rows
 
 
