@@ -18,6 +18,7 @@ import os
 import re
 import stat
 import threading
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,6 +47,10 @@ class Region:
     offset: int
     byte_size: int
     mapping: mmap.mmap = field(repr=False, compare=False)
+    fd: int = field(repr=False, compare=False)  # the object's, closed with the last reference
+
+    def __post_init__(self) -> None:
+        weakref.finalize(self, os.close, self.fd)
 
     def view(self, offset: int, byte_size: int, field_name: str) -> memoryview:
         """Bytes [offset, offset + byte_size) of the region (not of the object), bounds-checked."""
@@ -54,6 +59,16 @@ class Region:
                 field_name,
                 f"bytes {offset}..{offset + byte_size} are outside region {self.name!r} "
                 f"({self.byte_size} bytes)",
+            )
+        # Touching a mapped page past the object's end kills the process (SIGBUS), and its
+        # owner may have shrunk it since it was registered; a race can still slip past this
+        # check, but a caller's mistake is answered instead of crashing the service.
+        size = os.fstat(self.fd).st_size
+        if size < self.offset + self.byte_size:
+            raise InvalidArgument(
+                field_name,
+                f"the object behind region {self.name!r} ({self.key!r}) was cut to {size} "
+                f"bytes after it was registered; register it again",
             )
         start = self.offset + offset
         return memoryview(self.mapping)[start : start + byte_size]
@@ -90,7 +105,7 @@ def regions_for(
 
 def _open_key(key: str, offset: int, byte_size: int) -> tuple[mmap.mmap, int]:
     """Map a shared-memory object read-write, with the pages of [offset, offset + byte_size)
-    allocated; (mapping, the object's size)."""
+    allocated; (mapping, its open descriptor)."""
     match = _KEY.fullmatch(key)
     if match is None:
         raise InvalidArgument(
@@ -122,9 +137,10 @@ def _open_key(key: str, offset: int, byte_size: int) -> tuple[mmap.mmap, int]:
                 f"byte_size: no room for {byte_size} bytes of {key!r} in {SHM_ROOT} "
                 f"({error.strerror})"
             ) from None
-        return mmap.mmap(fd, info.st_size, mmap.MAP_SHARED), info.st_size
-    finally:
-        os.close(fd)  # the mapping stays valid without the descriptor
+        return mmap.mmap(fd, info.st_size, mmap.MAP_SHARED), fd
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 class SharedMemoryRegistry:
@@ -154,8 +170,8 @@ class SharedMemoryRegistry:
                 raise ResourceExhausted(
                     f"name: {self.max_regions} regions are registered already; unregister some"
                 )
-            mapping, size = _open_key(key, offset, byte_size)
-            region = Region(name, key, offset, byte_size, mapping)
+            mapping, fd = _open_key(key, offset, byte_size)
+            region = Region(name, key, offset, byte_size, mapping, fd)
             self._regions[name] = region
             return region
 

@@ -69,6 +69,15 @@ def test_a_registered_window_reads_the_objects_bytes(shm):
     assert registry.status() == []
 
 
+def test_an_object_cut_after_registering_is_refused_not_touched(shm):
+    registry = SharedMemoryRegistry()
+    registry.register("r", shm.name, offset=1024, byte_size=2048)
+    assert len(registry.window("r", 0, 2048, "w")) == 2048
+    os.truncate(SHM_ROOT / shm.name, 2048)  # its owner shrinks it: the region's end is gone
+    with pytest.raises(InvalidArgument, match=r"^w\.byte_size: the object behind region 'r'"):
+        registry.window("r", 0, 16, "w")
+
+
 def test_registering_refuses_bad_names_keys_and_sizes(shm, tmp_path):
     registry = SharedMemoryRegistry(max_regions=2)
     registry.register("a", shm.name, 0, 4096)  # "name" and "/name" are the same key
