@@ -45,18 +45,20 @@ def _allocate(name: str, byte_size: int) -> None:
 class SharedMemoryRegion:
     """A shared-memory object this process creates and registers with one server.
 
-    The region's name and the object's key are the same random name, so no other caller can
-    guess it. `close()` unregisters it and removes the object."""
+    The region's name and the object's key are two random names: the key is visible to anyone
+    listing /dev/shm, the region's name only to the server (and to callers that may ask it for
+    its regions). `close()` unregisters it and removes the object."""
 
     def __init__(self, channel: grpc.Channel, byte_size: int):
         if byte_size <= 0:
             raise ValueError(f"byte_size must be positive, got {byte_size}")
         self.name = f"genaug_{secrets.token_hex(16)}"
+        self.key = f"genaug_{secrets.token_hex(16)}"
         self.byte_size = byte_size
         self._stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
-        self._shm = shared_memory.SharedMemory(self.name, create=True, size=byte_size)
+        self._shm = shared_memory.SharedMemory(self.key, create=True, size=byte_size)
         try:
-            _allocate(self.name, byte_size)
+            _allocate(self.key, byte_size)
         except OSError as error:
             self._remove()
             raise OSError(
@@ -67,7 +69,7 @@ class SharedMemoryRegion:
         try:
             self._stub.SystemSharedMemoryRegister(
                 service_pb2.SystemSharedMemoryRegisterRequest(
-                    name=self.name, key=f"/{self.name}", offset=0, byte_size=byte_size
+                    name=self.name, key=f"/{self.key}", offset=0, byte_size=byte_size
                 ),
                 timeout=REGISTER_TIMEOUT_S,
             )

@@ -136,8 +136,9 @@ def test_typed_stream_through_a_shared_memory_lane(codec_server, channel):
     stream = echo_chunk_bytes_stub(channel)
     array = np.random.default_rng(3).random((3, 100_003)).astype(np.float32)
     with SharedMemoryLane(channel, 4 << 20) as lane:
-        names = {lane.request.name, lane.reply.name}
+        names = {lane.request.key, lane.reply.key}
         assert names <= {p.name for p in SHM.iterdir()}
+        assert not {lane.request.name, lane.reply.name} & {p.name for p in SHM.iterdir()}
         got = lane.try_call(stream, {"a": array, "b": array[:1] * 2})
         np.testing.assert_array_equal(got["a"], array)
         np.testing.assert_array_equal(got["b"], array[:1] * 2)
