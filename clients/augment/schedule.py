@@ -19,7 +19,6 @@ addresses), and overlaps them otherwise.
 
 from __future__ import annotations
 
-import ipaddress
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -28,26 +27,7 @@ from clients.augment.generation import conditions_of
 from clients.augment.plan import WorkItem
 from clients.augment.replicas import JobFailed
 from clients.augment.spans import Spans
-
-_SCHEMES = ("dns:///", "dns:", "ipv4:", "ipv6:")
-
-
-def on_this_machine(target: str) -> bool:
-    """Whether a gRPC target names this machine: a unix socket, localhost or a loopback IP."""
-    if target.startswith(("unix:", "unix-abstract:")):
-        return True
-    address = next((target[len(s) :] for s in _SCHEMES if target.startswith(s)), target)
-    address = address.split(",")[0]  # ipv4:a:p,b:p lists several: the first stands for all
-    if address.startswith("["):
-        host = address[1 : address.find("]")]
-    else:
-        host = address.rsplit(":", 1)[0] if address.count(":") == 1 else address
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:  # a name: another machine, as far as the job can tell
-        return False
+from genaug.addresses import on_this_machine
 
 
 def conditions_first(o) -> bool:

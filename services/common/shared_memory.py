@@ -22,6 +22,7 @@ import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from genaug.addresses import on_this_machine
 from genaug.errors import (
     FailedPrecondition,
     InvalidArgument,
@@ -74,18 +75,6 @@ class Region:
         return memoryview(self.mapping)[start : start + byte_size]
 
 
-def is_local_peer(peer: str) -> bool:
-    """Whether a gRPC peer string (`context.peer()`) is a caller on this host."""
-    if peer.startswith("unix:"):
-        return True
-    if peer.startswith("ipv4:"):
-        return peer[5:].startswith("127.")
-    if peer.startswith("ipv6:"):
-        host = peer[5:].rsplit(":", 1)[0].strip("[]").lower()
-        return host in ("::1", "::ffff:127.0.0.1") or host.startswith("::ffff:127.")
-    return False
-
-
 def regions_for(
     registry: SharedMemoryRegistry | None, peer: str, field_name: str
 ) -> SharedMemoryRegistry:
@@ -95,7 +84,7 @@ def regions_for(
             f"{field_name}: system shared memory is off on this server (started with "
             "--no-shared-memory); send the tensor's bytes instead"
         )
-    if not is_local_peer(peer):
+    if not on_this_machine(peer):
         raise PermissionDenied(
             f"{field_name}: system shared memory is only for callers on the server's host "
             f"(this call comes from {peer}); send the tensor's bytes instead"

@@ -13,32 +13,11 @@ import pytest
 from clients.augment import job as job_module
 from clients.augment.job import run_job
 from clients.augment.replicas import JobFailed
-from clients.augment.schedule import conditions_first, fetch_conditions, on_this_machine
+from clients.augment.schedule import conditions_first, fetch_conditions
 from clients.augment.spans import Spans
 from clients.rpc.errors import GenAugError
 from clients.rpc.sampler import conditions_message
 from tests.unit.augment_support import FakeFilter, FakePool, FakeSampler, options, tiny_dataset
-
-
-@pytest.mark.parametrize(
-    "target, local",
-    [
-        ("127.0.0.1:50051", True),
-        ("localhost:50051", True),
-        ("LOCALHOST", True),
-        ("[::1]:50051", True),
-        ("127.0.0.2:50051", True),
-        ("ipv4:127.0.0.1:50053,127.0.0.1:50063", True),
-        ("dns:///localhost:50053", True),
-        ("unix:/run/genaug/sampler.sock", True),
-        ("10.0.0.5:50053", False),
-        ("genaug-sampler.genaug.svc:50053", False),
-        ("dns:///genaug-sampler:50053", False),
-        ("[2001:db8::1]:50053", False),
-    ],
-)
-def test_a_target_is_on_this_machine_only_at_a_loopback_or_unix_address(target, local):
-    assert on_this_machine(target) is local
 
 
 def _options(schedule="auto", encoder=None, motion=None, sampler=("127.0.0.1:50053",), kinds=()):

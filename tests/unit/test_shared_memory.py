@@ -22,7 +22,7 @@ from genaug.errors import (
 from genaug.v1 import tensor_pb2
 from services.common.kserve import InferenceServicer
 from services.common.model import Model, TensorSpec
-from services.common.shared_memory import SHM_ROOT, SharedMemoryRegistry, is_local_peer
+from services.common.shared_memory import SHM_ROOT, SharedMemoryRegistry
 
 
 @pytest.fixture
@@ -33,24 +33,6 @@ def shm():
     yield made
     made.close()
     made.unlink()
-
-
-@pytest.mark.parametrize(
-    ("peer", "local"),
-    [
-        ("unix:/tmp/genaug.sock", True),
-        ("ipv4:127.0.0.1:5501", True),
-        ("ipv4:127.8.9.1:5501", True),
-        ("ipv6:[::1]:5501", True),
-        ("ipv6:[::ffff:127.0.0.1]:5501", True),
-        ("ipv4:10.0.0.7:5501", False),
-        ("ipv4:1270.0.0.1:5501", False),
-        ("ipv6:[fe80::1]:5501", False),
-        ("", False),
-    ],
-)
-def test_only_callers_on_this_host_are_local(peer, local):
-    assert is_local_peer(peer) is local
 
 
 def test_a_registered_window_reads_the_objects_bytes(shm):
