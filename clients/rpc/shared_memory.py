@@ -13,12 +13,10 @@ them; a call that finds it busy, or too small, goes as plain chunks instead.
 from __future__ import annotations
 
 import contextlib
-import os
 import secrets
 import threading
 from collections.abc import Callable, Iterable
 from multiprocessing import shared_memory
-from pathlib import Path
 
 import grpc
 import numpy as np
@@ -29,17 +27,6 @@ from genaug import wire
 from genaug.v1 import tensor_pb2
 
 REGISTER_TIMEOUT_S = 10.0
-SHM_ROOT = Path("/dev/shm")  # where POSIX shared-memory objects live on Linux
-
-
-def _allocate(name: str, byte_size: int) -> None:
-    """Allocate the object's pages now: on a full tmpfs an untouched page is missing, and
-    the first write to it kills the process (SIGBUS) instead of raising."""
-    fd = os.open(SHM_ROOT / name, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
-    try:
-        os.posix_fallocate(fd, 0, byte_size)
-    finally:
-        os.close(fd)
 
 
 class SharedMemoryRegion:
@@ -57,15 +44,8 @@ class SharedMemoryRegion:
         self.byte_size = byte_size
         self._stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
         self._shm = shared_memory.SharedMemory(self.key, create=True, size=byte_size)
-        try:
-            _allocate(self.key, byte_size)
-        except OSError as error:
-            self._remove()
-            raise OSError(
-                error.errno,
-                f"no room for {byte_size} bytes of shared memory in {SHM_ROOT} "
-                f"({error.strerror}; in a container, give it a larger /dev/shm)",
-            ) from None
+        # Registering also allocates the object's pages (on a full /dev/shm that is
+        # RESOURCE_EXHAUSTED here, not SIGBUS at the first write).
         try:
             self._stub.SystemSharedMemoryRegister(
                 service_pb2.SystemSharedMemoryRegisterRequest(
@@ -143,12 +123,10 @@ class SharedMemoryLane:
         if not self.fits(tensors) or not self._lock.acquire(blocking=False):
             return None
         try:
-            chunks, offset = [], 0
-            for name, array in tensors.items():
-                chunks += wire.iter_window_chunks(
-                    name, array, self.request.name, self.request.memory, offset
-                )
-                offset += wire.aligned(np.asarray(array).nbytes)
+            # Built (copied into the region) before the call; all fit, so all are windows.
+            chunks = list(
+                wire.iter_tensors_in_region(tensors, self.request.name, self.request.memory)
+            )
             metadata = (*metadata, (wire.REPLY_REGION_METADATA, self.reply.name))
             replies = stream(iter(chunks), timeout=timeout, metadata=metadata)
             return wire.assemble(replies, field="response", windows=self.reply.window)

@@ -271,6 +271,22 @@ def iter_window_chunks(
     yield tensor_pb2.TensorChunk(shared_memory=window).SerializeToString()
 
 
+def iter_tensors_in_region(
+    tensors: dict[str, np.ndarray], region: str, memory: memoryview
+) -> Iterator[bytes]:
+    """`iter_tensors_as_chunk_bytes` through shared memory: the tensors one after another in
+    `memory` (the bytes of registered region `region`), each at a multiple of WINDOW_ALIGN,
+    with its header and window; one that no longer fits goes as data chunks instead."""
+    offset = 0
+    for name, array in tensors.items():
+        array = np.asarray(array)
+        if offset + array.nbytes > len(memory):
+            yield from iter_chunk_bytes(name, array)
+            continue
+        yield from iter_window_chunks(name, array, region, memory, offset)
+        offset += aligned(array.nbytes)
+
+
 def serialize_chunk(chunk: tensor_pb2.TensorChunk | bytes | bytearray | memoryview) -> bytes:
     """A gRPC serializer for chunk streams: messages are serialised, serialised chunks (from
     `iter_chunk_bytes`) pass through unchanged."""

@@ -51,13 +51,7 @@ class StreamContext:
             yield from wire.iter_tensors_as_chunk_bytes(tensors)
             return
         memory = region.view(0, region.byte_size, f"metadata[{wire.REPLY_REGION_METADATA}]")
-        offset = 0
-        for name, array in tensors.items():
-            if offset + array.nbytes > region.byte_size:  # too small: these go as chunks
-                yield from wire.iter_chunk_bytes(name, array)
-                continue
-            yield from wire.iter_window_chunks(name, array, region.name, memory, offset)
-            offset += wire.aligned(array.nbytes)
+        yield from wire.iter_tensors_in_region(tensors, region.name, memory)
 
 
 def windows_of(context) -> wire.WindowResolver | None:

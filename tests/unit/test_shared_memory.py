@@ -194,6 +194,23 @@ def test_the_wire_reads_and_writes_windows():
     assert wire.aligned(1) == 64 and wire.aligned(64) == 64 and wire.aligned(0) == 0
 
 
+def test_tensors_placed_in_a_region_one_after_another_or_as_chunks():
+    memory = memoryview(bytearray(128))
+    first, second = np.arange(5, dtype=np.uint8), np.arange(100, dtype=np.uint8)
+    chunks = list(wire.iter_tensors_in_region({"a": first, "b": second}, "r", memory))
+    parts = [tensor_pb2.TensorChunk.FromString(c).WhichOneof("part") for c in chunks]
+    # a at 0; b would start at 64 and end past 128: it goes as a data chunk.
+    assert parts == ["header", "shared_memory", "header", "data"]
+    assert bytes(memory[:5]) == first.tobytes() and not any(memory[64:])
+
+    def resolve(w, field):
+        return memory[w.offset : w.offset + w.byte_size]
+
+    got = wire.assemble(chunks, windows=resolve)
+    np.testing.assert_array_equal(got["a"], first)
+    np.testing.assert_array_equal(got["b"], second)
+
+
 @pytest.mark.parametrize(
     ("chunks", "field"),
     [
