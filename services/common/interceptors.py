@@ -206,6 +206,29 @@ def _on_pool(fn: Callable, pool: futures.ThreadPoolExecutor) -> Callable:
     return behaviour
 
 
+class CallStartHooks(grpc.ServerInterceptor):
+    """Calls a hook as a call of a chosen method starts, before gRPC reads its request.
+
+    Interceptors run when the call's headers arrive, while the request's bytes (megabytes of
+    conditions for a Generate) may still be on their way: a sampler's engine told here knows
+    that requests sent together are coming before the first of them is prepared
+    (`SamplerEngine.announce`). A call refused later in the chain was announced all the same,
+    so what a hook records must expire on its own.
+
+    Args:
+        hooks: full method name ("/genaug.v1.Sampler/Generate") -> a callable taking nothing.
+    """
+
+    def __init__(self, hooks: dict[str, Callable[[], None]]):
+        self._hooks = dict(hooks)
+
+    def intercept_service(self, continuation, handler_call_details):
+        hook = self._hooks.get(handler_call_details.method)
+        if hook is not None:
+            hook()
+        return continuation(handler_call_details)
+
+
 class _Call:
     """Book-keeping of one RPC: metrics, request id context, error translation."""
 

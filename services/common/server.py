@@ -34,6 +34,7 @@ from services.common import kserve, metrics
 from services.common.config import ServerConfig
 from services.common.interceptors import (
     BearerTokenInterceptor,
+    CallStartHooks,
     LoadingGate,
     ObservabilityInterceptor,
     ThreadPoolRouter,
@@ -81,13 +82,15 @@ class TypedService:
     `method_threads` gives methods whose calls mostly wait (e.g. {"Generate": 72}) a thread
     pool of that size of their own, off the `workers`. A `register` with a true
     `takes_shared_memory` attribute (`registration.with_chunk_streams`) is also given the
-    server's shared-memory registry (None when it is off).
+    server's shared-memory registry (None when it is off). `call_started` gives methods a
+    hook called as each of their calls starts, before its request is read (`CallStartHooks`).
     """
 
     name: str
     servicer: object
     register: Callable[[object, grpc.Server], None]
     method_threads: dict[str, int] = field(default_factory=dict)
+    call_started: dict[str, Callable[[], None]] = field(default_factory=dict)
 
 
 def connection_age_options(age_s: float, grace_s: float) -> list[tuple[str, int]]:
@@ -177,6 +180,13 @@ class ModelServer:
             interceptors.append(BearerTokenInterceptor(cfg.auth_token))
         typed_prefixes = [f"/{typed.name}/" for typed in self.typed_services]
         interceptors.append(LoadingGate(cfg.service, typed_prefixes, self._loaded.is_set))
+        hooks = {
+            f"/{typed.name}/{method}": hook
+            for typed in self.typed_services
+            for method, hook in typed.call_started.items()
+        }
+        if hooks:
+            interceptors.append(CallStartHooks(hooks))
         server = grpc.server(
             self._pool("rpc", cfg.workers),
             interceptors=interceptors,

@@ -9,7 +9,7 @@ from services.common.entrypoint import at_least_zero, service_main
 from services.common.result_cache import DEFAULT_MAX_BYTES
 from services.common.server import ModelServer, TypedService
 from services.sampler.backend import SamplerBackend
-from services.sampler.engine import ContinuousBatchingEngine
+from services.sampler.engine import DEFAULT_GATHER_S, ContinuousBatchingEngine
 from services.sampler.kserve_models import sync_models
 from services.sampler.limits import RequestLimits
 from services.sampler.servicer import SamplerServicer, generate_threads
@@ -29,8 +29,10 @@ class SamplerRuntime:
         result_cache: tuple[int, int] = (256, DEFAULT_MAX_BYTES),
         poll_s: float = 0.0,
         interactive_alone: str = "auto",
+        gather_s: float = DEFAULT_GATHER_S,
     ):
         self.backend, self.servicer = backend, servicer
+        self.gather_s = gather_s
         self.interactive_alone = interactive_alone  # "on", "off", or "auto": on for a CPU
         self.max_batch_size, self.max_queue = max_batch_size, max_queue
         self.result_cache = result_cache  # (entries, bytes) kept for retries
@@ -65,6 +67,7 @@ class SamplerRuntime:
             completed_cache=entries,
             completed_cache_bytes=nbytes,
             interactive_alone=self._interactive_alone(),
+            gather_s=self.gather_s,
         )
         self.servicer.engine = self.engine
 
@@ -95,16 +98,25 @@ def build_server(
     result_cache: tuple[int, int] = (256, DEFAULT_MAX_BYTES),
     poll_s: float = 0.0,
     interactive_alone: str = "auto",
+    gather_s: float = DEFAULT_GATHER_S,
 ) -> ModelServer:
     servicer = SamplerServicer(None, backend)
     runtime = SamplerRuntime(
-        backend, servicer, max_batch_size, max_queue, result_cache, poll_s, interactive_alone
+        backend,
+        servicer,
+        max_batch_size,
+        max_queue,
+        result_cache,
+        poll_s,
+        interactive_alone,
+        gather_s,
     )
     typed = TypedService(
         sampler_pb2.DESCRIPTOR.services_by_name["Sampler"].full_name,
         servicer,
         sampler_pb2_grpc.add_SamplerServicer_to_server,
         method_threads={"Generate": generate_threads(max_batch_size, max_queue)},
+        call_started={"Generate": servicer.announce_generate},
     )
     server = ModelServer(config, [], [typed], on_stop=runtime.stop, components=[runtime])
     runtime.kserve_models = server.models  # one KServe v2 model per generator, once loaded
@@ -130,6 +142,14 @@ def add_arguments(parser) -> None:
         default="auto",
         help="while interactive requests run, batch requests pause instead of sharing their "
         "steps (a CPU step's time grows with its rows); auto: on for a CPU, off for a GPU",
+    )
+    parser.add_argument(
+        "--gather-ms",
+        type=at_least_zero(float),
+        default=DEFAULT_GATHER_S * 1000,
+        help="when work starts on an idle sampler, the most milliseconds its first step waits "
+        "for requests that arrived with it and are still being prepared, so that they share "
+        f"their steps; 0 never waits (default {DEFAULT_GATHER_S * 1000:g})",
     )
     parser.add_argument(
         "--max-queue",
@@ -220,6 +240,7 @@ def main(argv: list[str] | None = None) -> int:
             cache,
             args.repository_poll_s,
             args.interactive_alone,
+            args.gather_ms / 1000,
         )
 
     return service_main("sampler", __doc__, build, add_arguments, argv)

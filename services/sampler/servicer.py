@@ -78,6 +78,12 @@ class SamplerServicer(sampler_pb2_grpc.SamplerServicer):
         self.engine = engine
         self.backend = backend
 
+    def announce_generate(self) -> None:
+        """A Generate call started (`TypedService.call_started`): tell the engine, which may
+        wait for it before a first step (`SamplerEngine.announce`)."""
+        if self.engine is not None:
+            self.engine.announce()
+
     def _submit(self, request, deadline: Deadline):
         """Admit `request` to the engine: (its job, the generator that samples it)."""
         if self.engine is None:

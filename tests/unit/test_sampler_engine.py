@@ -293,3 +293,96 @@ def test_a_request_prepared_during_a_step_joins_the_next_step():
         assert first == sampler.steps_before_prepare[-1]
     finally:
         engine.close()
+
+
+class SeedRecordingSampler(CountingSampler):
+    """Records the seeds of the requests each step advanced."""
+
+    def __init__(self):
+        super().__init__(step_delay=0.02)
+        self.steps: list[set[int]] = []
+
+    def step(self, states):
+        self.steps.append({s.request.seed for s in states})
+        return super().step(states)
+
+
+def submit_slowly_prepared(engine, rid, seed, build_s, priority=Priority.BATCH):
+    """Submit on a thread whose conditions take `build_s` to gather; returns once the engine
+    counts the request as being prepared, with the thread and where its job will be."""
+    jobs = {}
+
+    def build():
+        time.sleep(build_s)
+        return request(seed=seed, num_inference_steps=3)
+
+    thread = threading.Thread(
+        target=lambda: jobs.setdefault(rid, engine.submit(rid, rid, build, priority, None))
+    )
+    thread.start()
+    while not engine.snapshot()[f"queued_{priority.name.lower()}"]:
+        time.sleep(0.001)
+    return thread, jobs
+
+
+@pytest.mark.parametrize(
+    ("admission", "gather_s", "build_s", "first_priority", "together"),
+    [
+        ("continuous", 5.0, 0.05, Priority.BATCH, True),
+        ("whole-request", 5.0, 0.05, Priority.BATCH, True),
+        ("continuous", 0.0, 0.05, Priority.BATCH, False),  # gathering off
+        ("continuous", 0.05, 2.0, Priority.BATCH, False),  # waits at most gather_s
+        ("continuous", 5.0, 0.3, Priority.INTERACTIVE, False),  # interactive work never waits
+    ],
+)
+def test_work_on_an_idle_engine_waits_for_requests_still_being_prepared(
+    admission, gather_s, build_s, first_priority, together
+):
+    sampler = SeedRecordingSampler()
+    engine = ContinuousBatchingEngine(
+        sampler, max_batch_size=4, admission=admission, gather_s=gather_s
+    )
+    try:
+        thread, jobs = submit_slowly_prepared(engine, "second", 1, build_s)
+        first = submit(engine, "first", first_priority, seed=0, num_inference_steps=3)
+        thread.join(60)
+        assert all(isinstance(outcome(job)[0], Finished) for job in (first, jobs["second"]))
+        assert (sampler.steps[0] == {0, 1}) is together
+        if together:  # sent together, they also ended together: no step for one alone
+            assert sampler.steps == [{0, 1}] * 3
+    finally:
+        engine.close()
+
+
+def test_gathering_must_not_be_negative():
+    with pytest.raises(ValueError, match="gather_s"):
+        ContinuousBatchingEngine(CountingSampler(), gather_s=-1)
+
+
+def test_an_announced_call_is_waited_for_until_it_submits_or_expires():
+    """`announce` (a Generate call whose request is still arriving) counts as on its way."""
+    sampler = SeedRecordingSampler()
+    engine = ContinuousBatchingEngine(sampler, max_batch_size=4, gather_s=5.0)
+    try:
+        engine.announce()
+        engine.announce()
+        first = submit(engine, "first", Priority.BATCH, seed=0, num_inference_steps=3)
+        time.sleep(0.1)  # the second call's request is still "arriving"
+        second = submit(engine, "second", Priority.BATCH, seed=1, num_inference_steps=3)
+        assert all(isinstance(outcome(job)[0], Finished) for job in (first, second))
+        assert sampler.steps == [{0, 1}] * 3
+    finally:
+        engine.close()
+
+    sampler = SeedRecordingSampler()
+    engine = ContinuousBatchingEngine(sampler, max_batch_size=4, gather_s=0.2)
+    try:
+        engine.announce()
+        engine.announce()  # a call that never submits (it failed before the engine)
+        began = time.monotonic()
+        first = submit(engine, "first", Priority.BATCH, seed=0, num_inference_steps=3)
+        assert isinstance(outcome(first)[0], Finished)
+        assert sampler.steps == [{0}] * 3
+        assert time.monotonic() - began < 5  # the announcement expired after gather_s
+    finally:
+        engine.close()
