@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import threading
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -11,6 +13,7 @@ import numpy as np
 
 from clients.rpc.errors import GenAugError, translate_errors
 from genaug import wire
+from genaug.digests import conditions_digest
 from genaug.v1 import sampler_pb2 as pb
 from genaug.v1 import sampler_pb2_grpc
 
@@ -56,9 +59,31 @@ def stage_seconds(result: pb.GenerateResult) -> dict[str, float]:
     return {f.name: getattr(stages, f.name) for f in stages.DESCRIPTOR.fields}
 
 
+# Digests a client remembers the sampler holding; the least recently used are forgotten.
+_KEPT_DIGESTS = 1024
+
+
+def _not_held(error: GenAugError) -> bool:
+    """The sampler does not hold the conditions a request named by digest."""
+    return error.code == grpc.StatusCode.FAILED_PRECONDITION and "conditions_digest" in (
+        error.details or ""
+    )
+
+
 class SamplerClient:
-    def __init__(self, channel: grpc.Channel):
+    """Args:
+    channel: to a sampler (or several replicas behind one target).
+    reuse_conditions: send conditions that the sampler said it keeps by their digest alone
+        (`GenerateRequest.conditions_digest`), and in full again where it no longer holds
+        them (another replica, a restart, evicted): a reference's megabytes then cross the
+        network once per sampler instead of once per clip.
+    """
+
+    def __init__(self, channel: grpc.Channel, reuse_conditions: bool = True):
         self._stub = sampler_pb2_grpc.SamplerStub(channel)
+        self.reuse_conditions = reuse_conditions
+        self._kept: OrderedDict[str, None] = OrderedDict()
+        self._kept_lock = threading.Lock()
 
     def stream(
         self, request: pb.GenerateRequest, timeout: float | None = None
@@ -92,7 +117,6 @@ class SamplerClient:
         request = pb.GenerateRequest(
             request_id=request_id or uuid.uuid4().hex,
             class_id=class_id,
-            conditions=conditions,
             seed=seed,
             steps=steps,
             guidance_scale=guidance_scale,
@@ -103,11 +127,34 @@ class SamplerClient:
             preview_every=preview_every,
             model=model,
         )
+        reuse = conditions is not None and self.reuse_conditions
+        digest = conditions_digest(conditions) if reuse else ""
+        if digest and self._holds(digest):
+            request.conditions_digest = digest
+            try:
+                return self._generate(request, timeout, on_event)
+            except GenAugError as error:
+                if not _not_held(error):
+                    raise
+                self._forget(digest)  # sent in full below
+            request.ClearField("conditions_digest")
+        if conditions is not None:
+            request.conditions.CopyFrom(conditions)
+        return self._generate(request, timeout, on_event)
+
+    def _generate(
+        self,
+        request: pb.GenerateRequest,
+        timeout: float | None,
+        on_event: Callable[[pb.GenerateEvent], None] | None,
+    ) -> GeneratedClip:
         for event in self.stream(request, timeout):
             if on_event is not None:
                 on_event(event)
             if event.WhichOneof("event") == "result":
                 result = event.result
+                if result.conditions_digest:
+                    self._remember(result.conditions_digest)
                 frames = (
                     wire.from_proto(result.frames, "frames") if wire.is_set(result.frames) else None
                 )
@@ -119,6 +166,21 @@ class SamplerClient:
                     stage_seconds(result),
                 )
         raise GenAugError(grpc.StatusCode.INTERNAL, "the stream ended without a result")
+
+    def _holds(self, digest: str) -> bool:
+        with self._kept_lock:
+            return digest in self._kept
+
+    def _remember(self, digest: str) -> None:
+        with self._kept_lock:
+            self._kept[digest] = None
+            self._kept.move_to_end(digest)
+            while len(self._kept) > _KEPT_DIGESTS:
+                self._kept.popitem(last=False)
+
+    def _forget(self, digest: str) -> None:
+        with self._kept_lock:
+            self._kept.pop(digest, None)
 
     @translate_errors
     def cancel(self, request_id: str, timeout: float | None = 10.0) -> bool:

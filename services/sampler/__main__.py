@@ -9,6 +9,8 @@ from services.common.entrypoint import at_least_zero, service_main
 from services.common.result_cache import DEFAULT_MAX_BYTES
 from services.common.server import ModelServer, TypedService
 from services.sampler.backend import SamplerBackend
+from services.sampler.conditions_cache import DEFAULT_MAX_BYTES as DEFAULT_CONDITIONS_BYTES
+from services.sampler.conditions_cache import ConditionsCache
 from services.sampler.engine import DEFAULT_GATHER_S, ContinuousBatchingEngine
 from services.sampler.kserve_models import sync_models
 from services.sampler.limits import RequestLimits
@@ -99,8 +101,9 @@ def build_server(
     poll_s: float = 0.0,
     interactive_alone: str = "auto",
     gather_s: float = DEFAULT_GATHER_S,
+    conditions_cache_bytes: int = DEFAULT_CONDITIONS_BYTES,
 ) -> ModelServer:
-    servicer = SamplerServicer(None, backend)
+    servicer = SamplerServicer(None, backend, ConditionsCache(conditions_cache_bytes))
     runtime = SamplerRuntime(
         backend,
         servicer,
@@ -169,6 +172,14 @@ def add_arguments(parser) -> None:
         default=DEFAULT_MAX_BYTES / 2**20,
         help="most MiB those results may hold, decoded clips included; the oldest go first "
         f"(default {DEFAULT_MAX_BYTES >> 20})",
+    )
+    parser.add_argument(
+        "--conditions-cache-mib",
+        type=at_least_zero(float),
+        default=DEFAULT_CONDITIONS_BYTES / 2**20,
+        help="most MiB of received conditions kept by digest, so later requests may name them "
+        "instead of sending them again; 0 keeps none "
+        f"(default {DEFAULT_CONDITIONS_BYTES >> 20})",
     )
     parser.add_argument("--default-steps", type=int, default=50, help="when a request sets 0")
     parser.add_argument(
@@ -241,6 +252,7 @@ def main(argv: list[str] | None = None) -> int:
             args.repository_poll_s,
             args.interactive_alone,
             args.gather_ms / 1000,
+            int(args.conditions_cache_mib * 2**20),
         )
 
     return service_main("sampler", __doc__, build, add_arguments, argv)

@@ -255,14 +255,19 @@ class SamplerBackend:
         return self._text_encoder.encode(texts)
 
     def build(
-        self, request, deadline: Deadline, generator: LoadedGenerator | None = None
+        self,
+        request,
+        deadline: Deadline,
+        generator: LoadedGenerator | None = None,
+        conditions=None,
     ) -> RoutedRequest:
         """Validate a GenerateRequest against its generator (`request.model`, or the one
-        given) and gather its conditions (fetching missing ones)."""
+        given) and gather its conditions (`conditions`, e.g. those its digest names, or the
+        request's own; fetching missing ones)."""
         generator = generator or self.generator(request.model)
-        self.limits.check(request)
+        c = request.conditions if conditions is None else conditions
+        self.limits.check(request, c)
         cfg = generator.sampler.unet.config
-        c = request.conditions
         if cfg.num_classes and not 0 <= request.class_id < cfg.num_classes:
             raise InvalidArgument(
                 "class_id",

@@ -33,12 +33,13 @@ class RequestLimits:
     max_text_bytes: int = 4096
     max_text_tokens: int = 256
 
-    def check(self, request) -> None:
-        """Refuse a GenerateRequest that is over a limit; `request` is the proto message."""
+    def check(self, request, conditions=None) -> None:
+        """Refuse a GenerateRequest that is over a limit; `request` is the proto message and
+        `conditions` its conditions where it named them by digest (default: its own)."""
         if request.num_frames < 0:
             raise InvalidArgument("num_frames", f"{request.num_frames} is negative")
         self._frames("num_frames", request.num_frames)
-        c = request.conditions
+        c = request.conditions if conditions is None else conditions
         dims = {name: list(getattr(c, name).shape) for name in _FRAME_AXIS}
         for name, shape in dims.items():
             if shape:

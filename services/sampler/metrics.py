@@ -36,3 +36,12 @@ RESULT_CACHE_BYTES = Gauge(
     "genaug_sampler_result_cache_bytes",
     "Bytes of finished results kept for request-id retries (bounded by --result-cache-mib).",
 )
+CONDITIONS_CACHE_BYTES = Gauge(
+    "genaug_sampler_conditions_cache_bytes",
+    "Bytes of received conditions kept by digest (bounded by --conditions-cache-mib).",
+)
+CONDITIONS_CACHE = Counter(
+    "genaug_sampler_conditions_cache_total",
+    "Generate requests that named their conditions by digest, by whether the sampler held them.",
+    ("result",),
+)

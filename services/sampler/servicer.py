@@ -15,6 +15,7 @@ from genaug.v1 import sampler_pb2 as pb
 from genaug.v1 import sampler_pb2_grpc
 from services.models.repository import GeneratorCard
 from services.sampler.backend import SamplerBackend
+from services.sampler.conditions_cache import ConditionsCache
 from services.sampler.engine import SamplerEngine
 from services.sampler.jobs import Failed, Finished, Job, Priority, Progress, Queued
 
@@ -29,13 +30,18 @@ def generate_threads(max_batch_size: int, max_queue: int) -> int:
     return max_batch_size + max_queue + SPARE_GENERATE_THREADS
 
 
-def fingerprint(request: pb.GenerateRequest) -> str:
-    """Identity of a request for idempotency: everything except how it is delivered."""
-    copy = pb.GenerateRequest()
-    copy.CopyFrom(request)
-    copy.ClearField("priority")
-    copy.ClearField("preview_every")
-    return hashlib.sha256(copy.SerializeToString(deterministic=True)).hexdigest()
+# How a request is delivered, not what it asks for: left out of its fingerprint.
+_DELIVERY = frozenset({"conditions", "conditions_digest", "priority", "preview_every"})
+
+
+def fingerprint(request: pb.GenerateRequest, conditions_digest: str) -> str:
+    """Identity of a request for idempotency: everything except how it is delivered, with its
+    conditions as their digest, so a retry that sends them by digest is the same request."""
+    head = pb.GenerateRequest(conditions_digest=conditions_digest)
+    for field, value in request.ListFields():
+        if field.name not in _DELIVERY:
+            setattr(head, field.name, value)  # scalars: the one message field is conditions
+    return hashlib.sha256(head.SerializeToString(deterministic=True)).hexdigest()
 
 
 def preview(latents) -> np.ndarray:
@@ -74,9 +80,15 @@ def generator_info(card: GeneratorCard, is_default: bool) -> pb.GeneratorInfo:
 
 
 class SamplerServicer(sampler_pb2_grpc.SamplerServicer):
-    def __init__(self, engine: SamplerEngine, backend: SamplerBackend):
+    def __init__(
+        self,
+        engine: SamplerEngine,
+        backend: SamplerBackend,
+        conditions: ConditionsCache | None = None,
+    ):
         self.engine = engine
         self.backend = backend
+        self.conditions = conditions or ConditionsCache()
 
     def announce_generate(self) -> None:
         """A Generate call started (`TypedService.call_started`): tell the engine, which may
@@ -91,16 +103,18 @@ class SamplerServicer(sampler_pb2_grpc.SamplerServicer):
         remaining = deadline.remaining()
         priority = Priority.BATCH if request.priority == pb.PRIORITY_BATCH else Priority.INTERACTIVE
         generator = self.backend.generator(request.model)
+        resolved = self.conditions.resolve(request)
         job = self.engine.submit(
             request.request_id,
-            fingerprint(request),
-            lambda: self.backend.build(request, deadline, generator),
+            fingerprint(request, resolved.digest),
+            lambda: self.backend.build(request, deadline, generator, resolved.conditions),
             priority,
             None if remaining is None else time.monotonic() + remaining,
             max(0, request.preview_every),
         )
         with job._lock:  # a retry decodes with the version that sampled, not a newer one
             generator = job.memo.setdefault("generator", generator)
+            job.memo.setdefault("conditions_digest", resolved.digest if resolved.kept else "")
         return job, generator
 
     def _events(self, job: Job, still_wanted):
@@ -162,7 +176,11 @@ class SamplerServicer(sampler_pb2_grpc.SamplerServicer):
         if cached is not None:
             return cached
         latents = event.latents.transpose(0, 1).contiguous().numpy()  # (T, C, h, w)
-        result = pb.GenerateResult(latents=wire.to_proto(latents), seconds=event.seconds)
+        result = pb.GenerateResult(
+            latents=wire.to_proto(latents),
+            seconds=event.seconds,
+            conditions_digest=job.memo.get("conditions_digest", ""),
+        )
         result.stages.CopyFrom(stage_seconds(job, event))
         if decode:
             began = time.perf_counter()
