@@ -7,7 +7,10 @@ bundled generator's `sampling.json`), decoded to frames; the same batch composit
 
 - **service**: a sampler process on loopback with its codec in-process (no `--codec-target`)
   and its result cache off; the group's requests are `Generate` streams from this process's
-  `SamplerClient`, the decoded frames coming back over gRPC.
+  `SamplerClient`, the decoded frames coming back over gRPC. As in an augmentation job, where
+  each reference clip serves several clips, the client sends a reference's conditions in full
+  once (here in the warm-up group) and then names them by the digest the sampler kept them
+  under (`GenerateRequest.conditions_digest`); each round counts the requests that did.
 - **in-process**: the sampler's own code in this process (`SamplerBackend.build`,
   `SequenceSampler.generate` per group, the VAE decode per clip), on `--threads` threads like
   the service.
@@ -28,6 +31,7 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -119,9 +123,10 @@ def run(
             through_service(client, made[:BATCH], "warm")
             measured = []
             for r in range(rounds):
-                before = engine_counters(cluster)
+                before, hits = engine_counters(cluster), digest_hits(cluster)
                 service = through_service(client, made, f"round-{r}")
                 engine = engine_since(cluster, before)
+                engine["by_digest"] = digest_hits(cluster) - hits
                 local_run = local.run(routed, BATCH)
                 measured.append(_round(service, engine, local_run))
             channel.close()
@@ -155,6 +160,24 @@ def run(
     return results
 
 
+def digest_hits(cluster: LocalCluster) -> int:
+    """Generate requests so far that named their conditions by a digest the sampler held."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    port = cluster.services["sampler"].metrics_port
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    return int(
+        sum(
+            sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name == "genaug_sampler_conditions_cache_total"
+            and sample.labels.get("result") == "hit"
+        )
+    )
+
+
 def _round(service_s: float, engine: dict, local: dict) -> dict:
     """One round's wall times, with where each side's time went: denoising steps (the
     service's from its engine's step counters) and the rest (decoding, and for the service
@@ -167,6 +190,7 @@ def _round(service_s: float, engine: dict, local: dict) -> dict:
         "service_step_s": engine["step_seconds"],
         "in_process_step_s": local["sampling_seconds"],
         "service_mean_batch": engine["mean_batch"],
+        "service_conditions_by_digest": engine["by_digest"],
         "in_process_mean_batch": local["mean_batch"],
     }
 
@@ -200,6 +224,7 @@ def _section(settings: BenchSettings) -> list[Row]:
     why = results["profile"]
     service = median([m["service_s"] for m in results["rounds"]])
     local = median([m["in_process_s"] for m in results["rounds"]])
+    by_digest = min(m["service_conditions_by_digest"] for m in results["rounds"])
     return [
         Row(
             "serving",
@@ -211,7 +236,8 @@ def _section(settings: BenchSettings) -> list[Row]:
             f"{s['clips']} clips decoded, {s['steps']} steps, groups of {s['batch']}: "
             f"{service:.1f}s vs {local:.1f}s; per step {why['step_seconds_over_in_process']:.2f}x "
             f"in-process, {why['steps_over_in_process']:.2f}x the steps (mean batch "
-            f"{why['service_mean_batch']:.2f}), outside steps "
+            f"{why['service_mean_batch']:.2f}), {by_digest} of {s['clips']} requests naming "
+            f"their conditions by digest, outside steps "
             f"{why['service_outside_steps_s']:.1f}s vs {why['in_process_outside_steps_s']:.1f}s",
         )
     ]
