@@ -139,14 +139,16 @@ class InProcess:
 
 
 def engine_counters(cluster: LocalCluster) -> dict[str, float]:
-    """The samplers' step counters summed over replicas: steps, their seconds, batch rows."""
+    """The samplers' counters summed over replicas: steps, their seconds, batch rows, and the
+    requests that named their conditions by a digest the sampler held."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    totals = dict.fromkeys(("steps", "step_seconds", "batched_requests"), 0.0)
+    totals = dict.fromkeys(("steps", "step_seconds", "batched_requests", "by_digest"), 0.0)
     wanted = {
-        "genaug_sampler_step_seconds_count": "steps",
-        "genaug_sampler_step_seconds_sum": "step_seconds",
-        "genaug_sampler_step_batch_size_sum": "batched_requests",
+        ("genaug_sampler_step_seconds_count", None): "steps",
+        ("genaug_sampler_step_seconds_sum", None): "step_seconds",
+        ("genaug_sampler_step_batch_size_sum", None): "batched_requests",
+        ("genaug_sampler_conditions_cache_total", "hit"): "by_digest",
     }
     for service in cluster.services.values():
         if service.module != "sampler":
@@ -156,20 +158,23 @@ def engine_counters(cluster: LocalCluster) -> dict[str, float]:
             text = response.read().decode()
         for family in text_string_to_metric_families(text):
             for sample in family.samples:
-                if sample.name in wanted:
-                    totals[wanted[sample.name]] += sample.value
+                key = wanted.get((sample.name, sample.labels.get("result")))
+                if key is not None:
+                    totals[key] += sample.value
     return totals
 
 
 def engine_since(cluster: LocalCluster, before: dict[str, float]) -> dict:
     """The samplers' denoising steps since `before` (an `engine_counters` reading): how many,
-    their seconds, and how many requests a step advanced on average."""
+    their seconds, how many requests a step advanced on average, and the requests that named
+    their conditions by digest."""
     after = engine_counters(cluster)
     steps = after["steps"] - before["steps"]
     return {
         "steps": int(steps),
         "step_seconds": after["step_seconds"] - before["step_seconds"],
         "mean_batch": (after["batched_requests"] - before["batched_requests"]) / max(steps, 1),
+        "by_digest": int(after["by_digest"] - before["by_digest"]),
     }
 
 

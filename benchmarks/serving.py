@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -123,10 +122,9 @@ def run(
             through_service(client, made[:BATCH], "warm")
             measured = []
             for r in range(rounds):
-                before, hits = engine_counters(cluster), digest_hits(cluster)
+                before = engine_counters(cluster)
                 service = through_service(client, made, f"round-{r}")
                 engine = engine_since(cluster, before)
-                engine["by_digest"] = digest_hits(cluster) - hits
                 local_run = local.run(routed, BATCH)
                 measured.append(_round(service, engine, local_run))
             channel.close()
@@ -158,24 +156,6 @@ def run(
         "seconds for the same clips",
     )
     return results
-
-
-def digest_hits(cluster: LocalCluster) -> int:
-    """Generate requests so far that named their conditions by a digest the sampler held."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    port = cluster.services["sampler"].metrics_port
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
-        text = response.read().decode()
-    return int(
-        sum(
-            sample.value
-            for family in text_string_to_metric_families(text)
-            for sample in family.samples
-            if sample.name == "genaug_sampler_conditions_cache_total"
-            and sample.labels.get("result") == "hit"
-        )
-    )
 
 
 def _round(service_s: float, engine: dict, local: dict) -> dict:

@@ -151,8 +151,8 @@ def add_arguments(parser) -> None:
         type=at_least_zero(float),
         default=DEFAULT_GATHER_S * 1000,
         help="when work starts on an idle sampler, the most milliseconds its first step waits "
-        "for requests that arrived with it and are still being prepared, so that they share "
-        f"their steps; 0 never waits (default {DEFAULT_GATHER_S * 1000:g})",
+        "for requests that arrived with it and are still being received or prepared, so that "
+        f"they share their steps; 0 never waits (default {DEFAULT_GATHER_S * 1000:g})",
     )
     parser.add_argument(
         "--max-queue",

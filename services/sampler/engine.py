@@ -46,8 +46,8 @@ from services.sampler.jobs import Failed, Finished, Job, Priority, Progress, Que
 logger = logging.getLogger(__name__)
 
 ADMISSIONS = ("continuous", "whole-request")
-# How long work starting on an idle engine waits for requests already being prepared, so that
-# requests sent together share their first step (see `_gather`).
+# How long work starting on an idle engine waits for requests still arriving or being prepared,
+# so that requests sent together share their first step (see `_gather`).
 DEFAULT_GATHER_S = 0.1
 
 
@@ -122,7 +122,7 @@ class ContinuousBatchingEngine(SamplerEngine):
             slower (`benchmarks.batching`); on a GPU rows are nearly free and sharing is the
             better trade.
         gather_s: when work starts on an idle engine, the most seconds its first step waits
-            for requests that were submitted but are still being prepared (0: never). Requests
+            for requests still arriving (`announce`) or being prepared (0: never). Requests
             sent together then share every step, instead of the first taking one step alone
             and the rest finishing one step after it.
     """
@@ -172,9 +172,10 @@ class ContinuousBatchingEngine(SamplerEngine):
         that no submission follows (the call failed first) expires after `gather_s`."""
         if self.gather_s <= 0:
             return
+        now = time.monotonic()
         with self._cv:
-            self._expire_announced(time.monotonic())
-            self._announced.append(time.monotonic())
+            self._expire_announced(now)
+            self._announced.append(now)
 
     def _expire_announced(self, now: float) -> None:
         while self._announced and self._announced[0] < now - self.gather_s:
