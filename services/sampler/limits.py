@@ -33,14 +33,13 @@ class RequestLimits:
     max_text_bytes: int = 4096
     max_text_tokens: int = 256
 
-    def check(self, request, conditions=None) -> None:
+    def check(self, request, conditions) -> None:
         """Refuse a GenerateRequest that is over a limit; `request` is the proto message and
-        `conditions` its conditions where it named them by digest (default: its own)."""
+        `conditions` the conditions it is sampled with (its own, or those its digest names)."""
         if request.num_frames < 0:
             raise InvalidArgument("num_frames", f"{request.num_frames} is negative")
         self._frames("num_frames", request.num_frames)
-        c = request.conditions if conditions is None else conditions
-        dims = {name: list(getattr(c, name).shape) for name in _FRAME_AXIS}
+        dims = {name: list(getattr(conditions, name).shape) for name in _FRAME_AXIS}
         for name, shape in dims.items():
             if shape:
                 self._frames(f"conditions.{name}.shape", shape[0] + _FRAME_AXIS[name])
@@ -51,10 +50,11 @@ class RequestLimits:
                 f"frames of side {max(sides)} px are over the limit of {self.max_frame_side} "
                 "(--max-frame-side)",
             )
-        if len(c.text.encode()) > self.max_text_bytes:
+        text_bytes = len(conditions.text.encode())
+        if text_bytes > self.max_text_bytes:
             raise InvalidArgument(
                 "conditions.text",
-                f"{len(c.text.encode())} bytes are over the limit of {self.max_text_bytes}",
+                f"{text_bytes} bytes are over the limit of {self.max_text_bytes}",
             )
 
     def _frames(self, field: str, count: int) -> None:
