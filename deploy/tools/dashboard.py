@@ -128,6 +128,25 @@ def panels():
                 )
             ],
         ),
+        _timeseries(
+            "Conditions named by digest",
+            "Generate requests that named their conditions by digest instead of sending them, "
+            "by whether the sampler still held them (a miss costs the client one resend).",
+            "ops",
+            [
+                (
+                    f"sum by (result) (rate(genaug_sampler_conditions_cache_total{{{NS}}}"
+                    f"[{RATE}]))",
+                    "{{result}}",
+                )
+            ],
+        ),
+        _timeseries(
+            "Conditions kept by digest",
+            "Bytes of received conditions each sampler keeps (bounded by conditionsCacheMiB).",
+            "bytes",
+            [(f"sum by (pod) (genaug_sampler_conditions_cache_bytes{{{NS}}})", "{{pod}}")],
+        ),
         stat.Panel()
         .title("Service health")
         .description("1: SERVING, 0: NOT_SERVING (loading or draining), per service.")

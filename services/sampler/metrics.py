@@ -45,3 +45,6 @@ CONDITIONS_CACHE = Counter(
     "Generate requests that named their conditions by digest, by whether the sampler held them.",
     ("result",),
 )
+# Both series exist from the first scrape, so rate() counts the first hit and the first miss.
+for _result in ("hit", "miss"):
+    CONDITIONS_CACHE.labels(_result)

@@ -160,6 +160,8 @@ def test_service_flags_are_ones_the_services_accept():
         "--codec-target",
         "--max-batch-size",
         "--max-queue",
+        "--gather-ms",
+        "--conditions-cache-mib",
     }  # fmt: skip  (sampler flags, checked against its parser below)
     import argparse
 
@@ -169,7 +171,7 @@ def test_service_flags_are_ones_the_services_accept():
     add_arguments(sampler)
     sampler_flags = {a for action in sampler._actions for a in action.option_strings}
     assert {"--encoder-target", "--motion-target", "--codec-target", "--max-batch-size",
-            "--max-queue"} <= sampler_flags  # fmt: skip
+            "--max-queue", "--gather-ms", "--conditions-cache-mib"} <= sampler_flags  # fmt: skip
     for dep in by_kind(docs, "Deployment"):
         container = dep["spec"]["template"]["spec"]["containers"][0]
         if container["name"] == "triton":
@@ -191,6 +193,17 @@ def test_sampler_on_gpu_nodes():
     assert shm["emptyDir"]["medium"] == "Memory"
     assert pod["runtimeClassName"] == "nvidia"
     assert "replicas" not in _deployment(docs, "sampler")["spec"]  # KEDA owns it
+
+
+def test_sampler_gathering_and_conditions_cache_reach_its_flags():
+    def sampler_args(*sets):
+        container = _deployment(render(None, *sets), "sampler")["spec"]["template"]["spec"]
+        return dict(a.split("=", 1) for a in container["containers"][0]["args"] if "=" in a)
+
+    default = sampler_args()
+    assert (default["--gather-ms"], default["--conditions-cache-mib"]) == ("100", "256")
+    tuned = sampler_args("services.sampler.gatherMs=0", "services.sampler.conditionsCacheMiB=64")
+    assert (tuned["--gather-ms"], tuned["--conditions-cache-mib"]) == ("0", "64")
 
 
 def test_keda_scales_on_queue_depth_per_replica():
@@ -287,6 +300,8 @@ def test_augment_accepts_the_jobs_flags():
         "image.variant=rocm",
         "services.sampler.extraArgs[0]=rm",
         "services.sampler.gpu.count=0",
+        "services.sampler.gatherMs=-1",
+        "services.sampler.conditionsCacheMiB=-1",
         "autoscaling.targetQueueDepthPerReplica=0",
         "monitoring.prometheusRule.failureRatio=2",
         "unknownTopLevel=1",

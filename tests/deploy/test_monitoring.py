@@ -30,6 +30,7 @@ from clients.rpc.filter import FilterClient, PoolClip
 from clients.rpc.sampler import SamplerClient
 from tests.deploy import chart
 from tests.deploy.chart import FULLNAME, NAMESPACE
+from tests.service.test_sampler import _conditions
 from tests.support import free_port, scrape
 
 INSTALL = (
@@ -174,6 +175,10 @@ def _drive(cluster, clips: int):
         ]
         with pytest.raises(GenAugError):  # one failure for the failures-by-code panel
             sampler.generate(10_000, steps=STEPS, timeout=60)
+        # The same conditions twice: sent in full, then by digest (a hit for the cache panel).
+        conditions = _conditions()
+        for seed in (0, 1):
+            sampler.generate(0, conditions, seed=seed, steps=STEPS, decode=False, timeout=300)
     with open_channel(cluster.services["filter"].target) as channel:
         FilterClient(channel).filter_pool(
             [
@@ -233,6 +238,9 @@ def test_every_expression_evaluates_to_a_plausible_series(observed, docs, capsys
         "semantic",
         "pool",
     }
+    assert _only(results["panel Conditions named by digest A"], result="hit") > 0
+    assert _only(results["panel Conditions named by digest A"], result="miss") == 0
+    assert _only(results["panel Conditions kept by digest A"]) > 4e6  # one reference's
     step_p95 = _only(results["panel Denoising step latency B"])
     assert 0 < step_p95 < 60
     # Recording rules were evaluated by Prometheus itself, not only as ad-hoc queries.
@@ -244,9 +252,8 @@ def test_every_expression_evaluates_to_a_plausible_series(observed, docs, capsys
 
 
 def _labels(metric: dict) -> str:
-    shown = {
-        k: v for k, v in metric.items() if k in ("priority", "service", "code", "level", "pod")
-    }
+    keys = ("priority", "service", "code", "level", "pod", "result")
+    shown = {k: v for k, v in metric.items() if k in keys}
     return ",".join(f"{k}={v}" for k, v in sorted(shown.items())) or "value"
 
 
