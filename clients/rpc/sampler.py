@@ -127,7 +127,8 @@ class SamplerClient:
             preview_every=preview_every,
             model=model,
         )
-        reuse = conditions is not None and self.reuse_conditions
+        # Hashing 4-5 MB of conditions takes milliseconds: not while the sampler holds none.
+        reuse = conditions is not None and self.reuse_conditions and self._holds_any()
         digest = conditions_digest(conditions) if reuse else ""
         if digest and self._holds(digest):
             request.conditions_digest = digest
@@ -166,6 +167,10 @@ class SamplerClient:
                     stage_seconds(result),
                 )
         raise GenAugError(grpc.StatusCode.INTERNAL, "the stream ended without a result")
+
+    def _holds_any(self) -> bool:
+        with self._kept_lock:
+            return bool(self._kept)
 
     def _holds(self, digest: str) -> bool:
         with self._kept_lock:

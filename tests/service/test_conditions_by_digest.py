@@ -66,6 +66,24 @@ def test_the_second_request_sends_the_digest_and_samples_the_same(channel):
     np.testing.assert_array_equal(again.latents, first.latents)
 
 
+def test_no_digest_is_computed_until_the_sampler_keeps_something(channel, monkeypatch):
+    import clients.rpc.sampler as sampler_module
+
+    hashed = []
+
+    def counting(conditions):
+        hashed.append(1)
+        return conditions_digest(conditions)
+
+    monkeypatch.setattr(sampler_module, "conditions_digest", counting)
+    client = SamplerClient(channel)
+    hits = lookups("hit")
+    generate(client, seed=5)
+    assert hashed == []  # nothing kept yet: sent in full without hashing
+    generate(client, seed=5)
+    assert hashed == [1] and lookups("hit") == hits + 1
+
+
 def test_a_sampler_that_no_longer_holds_them_gets_them_in_full(server, channel):
     client = SamplerClient(channel)
     generate(client, seed=1)
