@@ -39,8 +39,14 @@ def fingerprint(request: pb.GenerateRequest, conditions_digest: str) -> str:
     conditions as their digest, so a retry that sends them by digest is the same request."""
     head = pb.GenerateRequest(conditions_digest=conditions_digest)
     for field, value in request.ListFields():
-        if field.name not in _DELIVERY:
-            setattr(head, field.name, value)  # scalars: the one message field is conditions
+        if field.name in _DELIVERY:
+            continue
+        if field.is_repeated:
+            getattr(head, field.name).extend(value)
+        elif field.message_type is not None:
+            getattr(head, field.name).CopyFrom(value)
+        else:
+            setattr(head, field.name, value)
     return hashlib.sha256(head.SerializeToString(deterministic=True)).hexdigest()
 
 

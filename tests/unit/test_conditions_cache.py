@@ -81,3 +81,24 @@ def test_the_fingerprint_is_the_same_by_digest_and_ignores_delivery():
     other = conditions_digest(conditions(1))
     assert fingerprint(full(), digest) != fingerprint(full(1), other)  # other conditions
     assert fingerprint(full(), digest) != fingerprint(full(seed=7), digest)  # another seed
+
+
+def test_every_field_but_delivery_is_part_of_the_fingerprint():
+    """A field added to GenerateRequest later counts too, whatever its kind."""
+    from google.protobuf.descriptor import FieldDescriptor as F
+
+    from services.sampler.servicer import _DELIVERY
+
+    digest = conditions_digest(conditions(0))
+    base = fingerprint(full(), digest)
+    values = {F.CPPTYPE_BOOL: True, F.CPPTYPE_STRING: "x", F.CPPTYPE_FLOAT: 1.5}
+    values |= {F.CPPTYPE_DOUBLE: 1.5, F.CPPTYPE_ENUM: 1}
+    values |= {t: 3 for t in (F.CPPTYPE_INT32, F.CPPTYPE_INT64, F.CPPTYPE_UINT32, F.CPPTYPE_UINT64)}
+    fields = [f for f in pb.GenerateRequest.DESCRIPTOR.fields if f.name not in _DELIVERY]
+    assert fields
+    for field in fields:
+        changed = full()
+        if field.message_type is not None or field.is_repeated:
+            raise AssertionError(f"give {field.name} a value here: the fingerprint copies it")
+        setattr(changed, field.name, values[field.cpp_type] + getattr(changed, field.name))
+        assert fingerprint(changed, digest) != base, field.name
