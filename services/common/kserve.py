@@ -290,7 +290,10 @@ def _config_io(spec, cls):
     data_type = model_config_pb2.DataType.Value(
         "TYPE_STRING" if spec.datatype == BYTES else f"TYPE_{spec.datatype}"
     )
-    return cls(name=spec.name, data_type=data_type, dims=spec.shape)
+    io = cls(name=spec.name, data_type=data_type, dims=spec.shape)
+    if spec.optional:  # inputs only: outputs are never optional
+        io.optional = True
+    return io
 
 
 class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):

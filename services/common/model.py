@@ -27,6 +27,8 @@ class TensorSpec:
     shape: tuple[int, ...]
     # Alternative datatypes this input also accepts (e.g. UINT8 or FP32 frames).
     also_accepts: tuple[str, ...] = ()
+    # An input the caller may leave out (the model says what it needs instead).
+    optional: bool = False
 
     def accepts(self, datatype: str) -> bool:
         return datatype == self.datatype or datatype in self.also_accepts
@@ -99,6 +101,8 @@ class Model(abc.ABC):
         arrays = {}
         for name, spec in specs.items():
             if name not in inputs:
+                if spec.optional:
+                    continue
                 raise InvalidArgument(f"{prefix}[{name}]", "missing required input")
             array, datatype = inputs[name]
             spec.validate(array, datatype, f"{prefix}[{name}]")

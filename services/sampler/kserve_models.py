@@ -6,7 +6,13 @@ clip from tensor conditions through the same engine as `Generate` (step-level ba
 Tensor inputs only (a stock Triton client has no stream for progress): `class_id` INT32 [1],
 `seed` INT64 [1], `steps` INT32 [1] and `guidance_scale` FP32 [1] (0: the sampler's defaults),
 `image_prior` FP32 (256,64,64), `motion_field` FP32 (T-1,2,H,W); outputs `frames` FP32
-(T,1,H,W) in [-1,1] and `latents` FP32 (T,C,h,w).
+(T,1,H,W) in [-1,1], `latents` FP32 (T,C,h,w) and `conditions_digest` BYTES [1].
+
+Conditions by digest, as `Generate` has them: the reply's `conditions_digest` names the
+conditions the sampler now keeps ("" when it keeps none), and a later request may send that
+`conditions_digest` BYTES [1] input instead of `image_prior` and `motion_field` (4-5 MB). A
+digest the sampler no longer holds is FAILED_PRECONDITION naming `conditions_digest`: send the
+tensors again.
 """
 
 from __future__ import annotations
@@ -18,12 +24,14 @@ import numpy as np
 
 from genaug import wire
 from genaug.deadline import Deadline
+from genaug.errors import InvalidArgument
 from genaug.v1 import sampler_pb2 as pb
 from services.common.model import Model, TensorSpec
 from services.sampler.generators import LoadedGenerator
 
 PLATFORM = "genaug_sequence_ldm"
 _SCALARS = {"class_id": "INT32", "seed": "INT64", "steps": "INT32", "guidance_scale": "FP32"}
+_CONDITIONS = ("image_prior", "motion_field")  # sent together, or named by their digest
 
 
 class GeneratorModel(Model):
@@ -32,8 +40,9 @@ class GeneratorModel(Model):
     platform = PLATFORM
     inputs = (
         *(TensorSpec(name, datatype, (1,)) for name, datatype in _SCALARS.items()),
-        TensorSpec("image_prior", "FP32", (256, 64, 64)),
-        TensorSpec("motion_field", "FP32", (-1, 2, -1, -1)),
+        TensorSpec("image_prior", "FP32", (256, 64, 64), optional=True),
+        TensorSpec("motion_field", "FP32", (-1, 2, -1, -1), optional=True),
+        TensorSpec("conditions_digest", "BYTES", (1,), optional=True),
     )
 
     def __init__(self, generator: LoadedGenerator, servicer, is_default: bool = False):
@@ -44,6 +53,7 @@ class GeneratorModel(Model):
         self.outputs = (
             TensorSpec("frames", "FP32", (-1, 1, -1, -1)),
             TensorSpec("latents", "FP32", (-1, channels, -1, -1)),
+            TensorSpec("conditions_digest", "BYTES", (1,)),
         )
 
     def load(self) -> None:
@@ -75,13 +85,43 @@ class GeneratorModel(Model):
             guidance_scale=float(inputs["guidance_scale"][0]),
             decode=True,
         )
-        wire.to_proto(np.asarray(inputs["image_prior"]), request.conditions.image_prior)
-        wire.to_proto(np.asarray(inputs["motion_field"]), request.conditions.motion_field)
+        _set_conditions(request, inputs)
         result = self.servicer.generate_result(request, deadline)
         return {
             "frames": wire.from_proto(result.frames, "frames"),
             "latents": wire.from_proto(result.latents, "latents"),
+            "conditions_digest": np.array([result.conditions_digest.encode()], dtype=object),
         }
+
+
+def _set_conditions(request: pb.GenerateRequest, inputs: dict[str, np.ndarray]) -> None:
+    """The request's conditions from the inputs: both tensors, or the digest of conditions a
+    previous reply said the sampler keeps (with the tensors too, it must be theirs)."""
+    tensors = [name for name in _CONDITIONS if name in inputs]
+    if "conditions_digest" in inputs:
+        request.conditions_digest = _text(inputs["conditions_digest"][0])
+        if not (request.conditions_digest or tensors):
+            raise InvalidArgument("inputs[conditions_digest]", "is empty, and no tensors came")
+    elif not tensors:
+        raise InvalidArgument(
+            "inputs[image_prior]",
+            "missing: send image_prior and motion_field, or the conditions_digest a "
+            "previous reply gave",
+        )
+    if tensors:
+        missing = [name for name in _CONDITIONS if name not in inputs]
+        if missing:
+            raise InvalidArgument(f"inputs[{missing[0]}]", f"missing: sent with {tensors[0]}")
+        for name in _CONDITIONS:
+            wire.to_proto(np.asarray(inputs[name]), getattr(request.conditions, name))
+
+
+def _text(value) -> str:
+    """A BYTES element as the ASCII text a digest is."""
+    try:
+        return bytes(value).decode("ascii")
+    except (TypeError, UnicodeDecodeError):
+        raise InvalidArgument("inputs[conditions_digest]", "is not ASCII text") from None
 
 
 def sync_models(models: dict[str, Model], backend, servicer) -> None:

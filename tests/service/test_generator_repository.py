@@ -132,6 +132,57 @@ def test_kserve_v2_lists_each_generator_with_its_card_and_generates(sampler_serv
     assert "of generator echo (A, B)" in error.value.message()
 
 
+def _infer_inputs(arrays: dict[str, np.ndarray]) -> list:
+    inputs = []
+    for name, array in arrays.items():
+        datatype = "BYTES" if array.dtype == object else np_to_triton_dtype(array.dtype)
+        tensor = triton.InferInput(name, list(array.shape), datatype)
+        tensor.set_data_from_numpy(array)
+        inputs.append(tensor)
+    return inputs
+
+
+def test_kserve_v2_generators_take_conditions_by_digest(sampler_server):
+    client = triton.InferenceServerClient(f"127.0.0.1:{sampler_server.port}")
+    config = client.get_model_config("echo", as_json=True)["config"]
+    optional = {i["name"] for i in config["input"] if i.get("optional")}
+    assert optional == {"image_prior", "motion_field", "conditions_digest"}
+    conditions = _conditions()
+    scalars = {
+        "class_id": np.array([0], np.int32),
+        "seed": np.array([5], np.int64),
+        "steps": np.array([2], np.int32),
+        "guidance_scale": np.array([0], np.float32),
+    }
+    tensors = {
+        "image_prior": wire.from_proto(conditions.image_prior, "image_prior"),
+        "motion_field": wire.from_proto(conditions.motion_field, "motion_field"),
+    }
+    first = client.infer("echo", _infer_inputs(scalars | tensors))
+    (digest,) = first.as_numpy("conditions_digest")
+    assert digest.startswith(b"sha256:")
+    by_digest = scalars | {"conditions_digest": np.array([digest], dtype=object)}
+    again = client.infer("echo", _infer_inputs(by_digest))  # 4 MB fewer on the wire
+    np.testing.assert_array_equal(again.as_numpy("frames"), first.as_numpy("frames"))
+    assert again.as_numpy("conditions_digest")[0] == digest
+    refused = {
+        "conditions_digest": (
+            scalars | {"conditions_digest": np.array([b"sha256:" + b"0" * 64], dtype=object)},
+            "StatusCode.FAILED_PRECONDITION",
+        ),
+        "inputs[image_prior]": (scalars, "StatusCode.INVALID_ARGUMENT"),
+        "inputs[motion_field]": (
+            scalars | {"image_prior": tensors["image_prior"]},
+            "StatusCode.INVALID_ARGUMENT",
+        ),
+    }
+    for field, (arrays, status) in refused.items():
+        with pytest.raises(InferenceServerException) as error:
+            client.infer("echo", _infer_inputs(arrays))
+        assert error.value.status() == status, error.value.message()
+        assert field in error.value.message()
+
+
 def test_a_new_version_is_loaded_without_a_restart_and_a_broken_one_is_not(
     sampler, sampler_server, repository
 ):
