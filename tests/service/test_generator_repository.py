@@ -99,37 +99,20 @@ def test_each_generator_samples_with_its_own_classes(sampler):
     assert "known: echo, phantom" in str(error.value)
 
 
-def test_kserve_v2_lists_each_generator_with_its_card_and_generates(sampler_server):
-    client = triton.InferenceServerClient(f"127.0.0.1:{sampler_server.port}")
-    metadata = client.get_model_metadata("echo", as_json=True)
-    assert metadata["platform"] == "genaug_sequence_ldm" and metadata["versions"] == ["1"]
-    assert {i["name"] for i in metadata["inputs"]} >= {"class_id", "image_prior", "motion_field"}
-    params = client.get_model_config("phantom", as_json=True)["config"]["parameters"]
-    assert json.loads(params["class_names"]["string_value"]) == ["DCM", "HCM", "NOR"]
-    assert params["is_default"]["string_value"] == "true"
-    assert params["dataset_name"]["string_value"] == "Phantom"
+def _generation_arrays(class_id: int, seed: int) -> tuple[dict, dict]:
+    """A 2-step generation's scalar inputs, and its two condition tensors."""
     conditions = _conditions()
-    arrays = {
-        "class_id": np.array([1], np.int32),
-        "seed": np.array([3], np.int64),
+    scalars = {
+        "class_id": np.array([class_id], np.int32),
+        "seed": np.array([seed], np.int64),
         "steps": np.array([2], np.int32),
         "guidance_scale": np.array([0], np.float32),
+    }
+    tensors = {
         "image_prior": wire.from_proto(conditions.image_prior, "image_prior"),
         "motion_field": wire.from_proto(conditions.motion_field, "motion_field"),
     }
-    inputs = []
-    for name, array in arrays.items():
-        tensor = triton.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
-        tensor.set_data_from_numpy(array)
-        inputs.append(tensor)
-    result = client.infer("echo", inputs, model_version="1")
-    assert result.as_numpy("frames").shape == (4, 1, 64, 64)
-    arrays["class_id"] = np.array([2], np.int32)  # echo knows A, B
-    inputs[0].set_data_from_numpy(arrays["class_id"])
-    with pytest.raises(InferenceServerException) as error:
-        client.infer("echo", inputs)
-    assert error.value.status() == "StatusCode.INVALID_ARGUMENT"
-    assert "of generator echo (A, B)" in error.value.message()
+    return scalars, tensors
 
 
 def _infer_inputs(arrays: dict[str, np.ndarray]) -> list:
@@ -142,22 +125,34 @@ def _infer_inputs(arrays: dict[str, np.ndarray]) -> list:
     return inputs
 
 
+def test_kserve_v2_lists_each_generator_with_its_card_and_generates(sampler_server):
+    client = triton.InferenceServerClient(f"127.0.0.1:{sampler_server.port}")
+    metadata = client.get_model_metadata("echo", as_json=True)
+    assert metadata["platform"] == "genaug_sequence_ldm" and metadata["versions"] == ["1"]
+    assert {i["name"] for i in metadata["inputs"]} >= {"class_id", "image_prior", "motion_field"}
+    params = client.get_model_config("phantom", as_json=True)["config"]["parameters"]
+    assert json.loads(params["class_names"]["string_value"]) == ["DCM", "HCM", "NOR"]
+    assert params["is_default"]["string_value"] == "true"
+    assert params["dataset_name"]["string_value"] == "Phantom"
+    scalars, tensors = _generation_arrays(class_id=1, seed=3)
+    arrays = scalars | tensors
+    inputs = _infer_inputs(arrays)
+    result = client.infer("echo", inputs, model_version="1")
+    assert result.as_numpy("frames").shape == (4, 1, 64, 64)
+    arrays["class_id"] = np.array([2], np.int32)  # echo knows A, B
+    inputs[0].set_data_from_numpy(arrays["class_id"])
+    with pytest.raises(InferenceServerException) as error:
+        client.infer("echo", inputs)
+    assert error.value.status() == "StatusCode.INVALID_ARGUMENT"
+    assert "of generator echo (A, B)" in error.value.message()
+
+
 def test_kserve_v2_generators_take_conditions_by_digest(sampler_server):
     client = triton.InferenceServerClient(f"127.0.0.1:{sampler_server.port}")
     config = client.get_model_config("echo", as_json=True)["config"]
     optional = {i["name"] for i in config["input"] if i.get("optional")}
     assert optional == {"image_prior", "motion_field", "conditions_digest"}
-    conditions = _conditions()
-    scalars = {
-        "class_id": np.array([0], np.int32),
-        "seed": np.array([5], np.int64),
-        "steps": np.array([2], np.int32),
-        "guidance_scale": np.array([0], np.float32),
-    }
-    tensors = {
-        "image_prior": wire.from_proto(conditions.image_prior, "image_prior"),
-        "motion_field": wire.from_proto(conditions.motion_field, "motion_field"),
-    }
+    scalars, tensors = _generation_arrays(class_id=0, seed=5)
     first = client.infer("echo", _infer_inputs(scalars | tensors))
     (digest,) = first.as_numpy("conditions_digest")
     assert digest.startswith(b"sha256:")
